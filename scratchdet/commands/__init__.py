@@ -1,0 +1,1 @@
+"""One module per `scratchdet` subcommand; see scratchdet/cli.py."""

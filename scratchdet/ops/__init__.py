@@ -1,0 +1,11 @@
+"""scratchdet's operators: compiled C++/CUDA kernels with pure-PyTorch fallbacks.
+
+Every op here is also ``torch.ops.scratchdet.<name>`` when the extension is
+built, with fake kernels registered so ``torch.compile(fullgraph=True)`` traces
+through them. :mod:`scratchdet.ops.reference` holds the executable spec.
+"""
+from . import reference
+from ._extension import EXTENSION_LOADED, build_info
+from .box_iou import box_iou
+
+__all__ = ["EXTENSION_LOADED", "build_info", "reference", "box_iou"]

@@ -1,0 +1,82 @@
+"""Loads the compiled operator library ``scratchdet._C``.
+
+When it is missing (not built, or built against another torch), every public op
+falls back to :mod:`scratchdet.ops.reference` and one warning says why.
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import torch
+
+_LOAD_ERROR: str | None = None
+_WARNED = False
+
+
+def _load() -> bool:
+    global _LOAD_ERROR
+    try:
+        importlib.import_module("scratchdet._C")
+    except ImportError as exc:  # also covers undefined-symbol errors from a stale build
+        _LOAD_ERROR = str(exc)
+        return False
+    return hasattr(torch.ops.scratchdet, "_build_info")
+
+
+EXTENSION_LOADED = _load()
+
+
+def has_op(name: str) -> bool:
+    """True when ``torch.ops.scratchdet.<name>`` exists in the loaded extension."""
+    if not EXTENSION_LOADED:
+        return False
+    try:
+        getattr(torch.ops.scratchdet, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def warn_fallback(op_name: str) -> None:
+    """One warning per process, the first time an op runs on the reference path."""
+    global _WARNED
+    if _WARNED:
+        return
+    _WARNED = True
+    why = _LOAD_ERROR or f"the loaded extension has no op '{op_name}' (stale build?)"
+    warnings.warn(
+        "scratchdet: the compiled extension scratchdet._C is not available "
+        f"({why}); falling back to the slow pure-PyTorch reference ops. "
+        "Reinstall with `pip install --no-build-isolation -e .` to build it.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def build_info() -> dict:
+    """What was compiled: extension loaded, CPU/CUDA kernels, CUDA arch list, versions."""
+    info = {
+        "extension_loaded": EXTENSION_LOADED,
+        "cpu_kernels": False,
+        "cuda_kernels": False,
+        "cuda_arch_list": [],
+        "torch_version_built": None,
+        "cuda_version_built": None,
+        "openmp": False,
+        "torch_version_running": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "load_error": _LOAD_ERROR,
+    }
+    if not EXTENSION_LOADED:
+        return info
+    raw = dict(kv.split("=", 1) for kv in torch.ops.scratchdet._build_info().split(";") if kv)
+    info.update(
+        cpu_kernels=raw.get("cpu") == "1",
+        cuda_kernels=raw.get("cuda") == "1",
+        cuda_arch_list=[a for a in raw.get("cuda_arch_list", "").replace(" ", ";").split(";") if a],
+        torch_version_built=raw.get("torch_version") or None,
+        cuda_version_built=raw.get("cuda_version") or None,
+        openmp=raw.get("openmp") == "1",
+    )
+    return info
