@@ -1,6 +1,34 @@
-"""ScratchDet: single-shot object detectors trained from scratch, with fast kernels."""
+"""ScratchDet: single-shot object detectors trained from scratch, with fast kernels.
+
+``import scratchdet`` loads the compiled ops; the rest is imported on first use.
+"""
+import importlib
+
 __version__ = "0.1.0"
 
-from . import ops  # noqa: F401  (loads the compiled kernels)
+from . import ops  # noqa: E402,F401  (loads the compiled kernels)
 
-__all__ = ["ops", "__version__"]
+# public name -> (module, attribute); imported lazily so `import scratchdet` stays light
+_LAZY = {
+    "models": ("scratchdet.models", None),
+    "data": ("scratchdet.data", None),
+    "evaluation": ("scratchdet.evaluation", None),
+    "engine": ("scratchdet.engine", None),
+    "build_model": ("scratchdet.models", "build_model"),
+    "list_models": ("scratchdet.models", "list_models"),
+    "save": ("scratchdet.models.io", "save"),
+    "load": ("scratchdet.models.io", "load"),
+    "fuse": ("scratchdet.models.fuse", "fuse"),
+}
+
+__all__ = ["ops", "__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'scratchdet' has no attribute '{name}'")
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value

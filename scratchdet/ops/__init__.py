@@ -7,5 +7,7 @@ through them. :mod:`scratchdet.ops.reference` holds the executable spec.
 from . import reference
 from ._extension import EXTENSION_LOADED, build_info
 from .box_iou import box_iou
+from .detect import detect
+from .match_priors import match_priors
 
-__all__ = ["EXTENSION_LOADED", "build_info", "reference", "box_iou"]
+__all__ = ["EXTENSION_LOADED", "build_info", "reference", "box_iou", "match_priors", "detect"]

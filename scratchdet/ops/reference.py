@@ -10,7 +10,7 @@ import torch
 
 from ._checks import check_floating, check_same_device, check_same_dtype, check_shape
 
-__all__ = ["box_iou", "point_form", "encode", "decode"]
+__all__ = ["box_iou", "point_form", "encode", "decode", "match_priors", "detect"]
 
 
 # --------------------------------------------------------------------------- box_iou
@@ -60,11 +60,167 @@ def decode(loc: torch.Tensor, priors: torch.Tensor, variances=(0.1, 0.2)) -> tor
 
 
 # --------------------------------------------------------------------------- match_priors
-# (issue: prior matching)
+def check_match_priors_args(priors, gt_boxes, gt_labels, iou_threshold, variances) -> None:
+    """Every check match_priors makes before matching; the kernels make the same ones."""
+    op = "match_priors"
+    check_shape(priors, 2, 4, op, "priors", "[P, 4]")
+    check_shape(gt_boxes, 3, 4, op, "gt_boxes", "[B, G, 4]")
+    check_shape(gt_labels, 2, None, op, "gt_labels", "[B, G]")
+    check_floating(priors, op, "priors")
+    check_floating(gt_boxes, op, "gt_boxes")
+    if gt_labels.dtype != torch.int64:
+        raise RuntimeError(f"{op}: expected gt_labels to be int64, got {gt_labels.dtype}")
+    if tuple(gt_labels.shape) != tuple(gt_boxes.shape[:2]):
+        raise RuntimeError(f"{op}: expected gt_labels of shape [B, G] = {list(gt_boxes.shape[:2])} "
+                           f"to match gt_boxes, got shape {list(gt_labels.shape)}")
+    check_same_device(priors, gt_boxes, op, "priors", "gt_boxes")
+    check_same_device(gt_boxes, gt_labels, op, "gt_boxes", "gt_labels")
+    if not (0.0 <= float(iou_threshold) <= 1.0):
+        raise RuntimeError(f"{op}: expected iou_threshold in [0, 1], got {iou_threshold}")
+    if len(variances) != 2 or not all(float(v) > 0 for v in variances):
+        raise RuntimeError(f"{op}: expected two positive variances, got {tuple(variances)}")
+    if priors.numel() and not (torch.isfinite(priors).all() and (priors[:, 2:] > 0).all()):
+        raise RuntimeError(f"{op}: priors must be finite with positive width and height")
+    if gt_labels.numel() and int(gt_labels.max()) > 2**31 - 1:
+        raise RuntimeError(f"{op}: gt_labels must be < 2^31, got {int(gt_labels.max())}")
+    valid = gt_labels > 0
+    bad = valid & ~(torch.isfinite(gt_boxes).all(-1) & (gt_boxes[..., 2] > gt_boxes[..., 0])
+                    & (gt_boxes[..., 3] > gt_boxes[..., 1]))
+    if bad.any():
+        b, g = (int(i) for i in bad.nonzero()[0])
+        raise RuntimeError(f"{op}: invalid ground-truth box {gt_boxes[b, g].tolist()} at image {b}, box {g}: "
+                           "coordinates must be finite with x2 > x1 and y2 > y1")
+
+
+def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+                 iou_threshold: float = 0.5, variances=(0.1, 0.2)):
+    """Assign each prior a ground-truth box and class, as the original SSD does.
+
+    Args:
+        priors: ``[P, 4]`` (cx, cy, w, h).
+        gt_boxes: ``[B, G, 4]`` (x1, y1, x2, y2), padded.
+        gt_labels: ``[B, G]`` int64; 1..C-1 for a real box, <= 0 for padding.
+    Returns:
+        ``loc_t [B, P, 4]`` (encoded offsets; zero for background priors),
+        ``conf_t [B, P]`` int64 (matched label, 0 = background),
+        ``matched_iou [B, P]`` (IoU of each prior with its assigned GT; 0 when the image has none).
+
+    Rules: best GT per prior is the argmax of IoU (ties: lowest GT index); best
+    prior per GT is the argmax (ties: lowest prior index); each GT j is forced
+    onto its best prior in increasing j (a later GT wins a shared prior); a
+    prior is foreground when its overlap (2.0 if forced) is >= iou_threshold.
+    fp16/bf16 inputs are computed in float32.
+    """
+    check_match_priors_args(priors, gt_boxes, gt_labels, iou_threshold, variances)
+    dtype = torch.promote_types(torch.promote_types(priors.dtype, gt_boxes.dtype), torch.float32)
+    priors, gt_boxes = priors.to(dtype), gt_boxes.to(dtype)
+    B, G = gt_labels.shape
+    P = priors.shape[0]
+    loc_t = priors.new_zeros((B, P, 4))
+    conf_t = torch.zeros((B, P), dtype=torch.int64, device=priors.device)
+    matched_iou = priors.new_zeros((B, P))
+    if P == 0:
+        return loc_t, conf_t, matched_iou
+    prior_boxes = point_form(priors)
+    arange_p = torch.arange(P, device=priors.device)
+    for b in range(B):
+        idx = (gt_labels[b] > 0).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        truths, labels = gt_boxes[b, idx], gt_labels[b, idx]
+        overlaps = box_iou(truths, prior_boxes)                      # [g, P]
+        best_prior = overlaps.argmax(dim=1)                          # first max: lowest prior index
+        best_truth = overlaps.argmax(dim=0)                          # first max: lowest GT index
+        best_truth_overlap = overlaps[best_truth, arange_p]
+        for j in range(idx.numel()):                                 # in increasing j: later GT wins
+            best_truth[best_prior[j]] = j
+            best_truth_overlap[best_prior[j]] = 2.0
+        foreground = best_truth_overlap >= iou_threshold
+        conf_t[b] = torch.where(foreground, labels[best_truth], torch.zeros_like(labels[best_truth]))
+        loc = encode(truths[best_truth], priors, variances)
+        loc_t[b] = torch.where(foreground[:, None], loc, torch.zeros_like(loc))
+        matched_iou[b] = overlaps[best_truth, arange_p]
+    return loc_t, conf_t, matched_iou
 
 
 # --------------------------------------------------------------------------- batched_nms / detect
-# (issue: batched NMS and detection output)
+def check_detect_args(loc, logits, priors, variances, score_threshold, nms_threshold, top_k, keep_top_k) -> None:
+    op = "detect"
+    check_shape(loc, 3, 4, op, "loc", "[B, P, 4]")
+    check_shape(logits, 3, None, op, "logits", "[B, P, C]")
+    check_shape(priors, 2, 4, op, "priors", "[P, 4]")
+    for t, name in ((loc, "loc"), (logits, "logits"), (priors, "priors")):
+        check_floating(t, op, name)
+    if loc.shape[:2] != logits.shape[:2] or loc.shape[1] != priors.shape[0]:
+        raise RuntimeError(f"{op}: expected loc [B, P, 4], logits [B, P, C] and priors [P, 4] to agree on B and P, "
+                           f"got {list(loc.shape)}, {list(logits.shape)} and {list(priors.shape)}")
+    if logits.shape[2] < 2:
+        raise RuntimeError(f"{op}: expected logits with C >= 2 classes (0 = background), got C = {logits.shape[2]}")
+    check_same_device(loc, logits, op, "loc", "logits")
+    check_same_device(loc, priors, op, "loc", "priors")
+    if len(variances) != 2 or not all(float(v) > 0 for v in variances):
+        raise RuntimeError(f"{op}: expected two positive variances, got {tuple(variances)}")
+    if not 0.0 <= float(nms_threshold) <= 1.0:
+        raise RuntimeError(f"{op}: expected nms_threshold in [0, 1], got {nms_threshold}")
+    if top_k < 1 or keep_top_k < 1:
+        raise RuntimeError(f"{op}: expected top_k >= 1 and keep_top_k >= 1, got {top_k} and {keep_top_k}")
+
+
+def detect(loc: torch.Tensor, logits: torch.Tensor, priors: torch.Tensor, variances=(0.1, 0.2),
+           score_threshold: float = 0.01, nms_threshold: float = 0.45, top_k: int = 400,
+           keep_top_k: int = 200, clip: bool = True):
+    """SSD detection output, per image and per class, over torchvision's NMS.
+
+    Returns ``boxes [B, K, 4]``, ``scores [B, K]``, ``labels [B, K]`` (int64),
+    ``num_detections [B]`` (int64), K = keep_top_k, padded with score 0 and
+    label -1 (boxes 0). Rows are by score descending; equal scores go to the
+    lower prior index, then the lower class.
+
+    Non-finite input: a prior whose logits are not all finite, or whose decoded
+    box is not finite, yields no detection (its scores count as 0), so NaN/inf
+    never reach the output.
+    """
+    check_detect_args(loc, logits, priors, variances, score_threshold, nms_threshold, top_k, keep_top_k)
+    import torchvision  # the reference is written over torchvision's NMS on purpose
+
+    dtype = torch.promote_types(torch.promote_types(loc.dtype, priors.dtype), torch.float32)
+    B, P, C = logits.shape
+    device = loc.device
+    scores = torch.softmax(logits.to(dtype), dim=-1)
+    boxes = decode(loc.to(dtype), priors.to(dtype), variances)
+    if clip:
+        boxes = boxes.clamp(min=0.0, max=1.0)
+    finite = torch.isfinite(logits).all(-1) & torch.isfinite(boxes).all(-1)       # [B, P]
+    scores = torch.where(finite[..., None], scores, torch.zeros_like(scores))
+
+    out_boxes = torch.zeros((B, keep_top_k, 4), dtype=dtype, device=device)
+    out_scores = torch.zeros((B, keep_top_k), dtype=dtype, device=device)
+    out_labels = torch.full((B, keep_top_k), -1, dtype=torch.int64, device=device)
+    num = torch.zeros(B, dtype=torch.int64, device=device)
+    for b in range(B):
+        cand_prior, cand_class = [], []
+        for c in range(1, C):
+            s = scores[b, :, c]
+            idx = (s > score_threshold).nonzero().squeeze(1)
+            order = torch.sort(s[idx], descending=True, stable=True).indices[:top_k]
+            cand_prior.append(idx[order])
+            cand_class.append(torch.full((order.numel(),), c, dtype=torch.int64, device=device))
+        prior_idx, cls = torch.cat(cand_prior), torch.cat(cand_class)
+        if prior_idx.numel() == 0:
+            continue
+        keep = torchvision.ops.batched_nms(boxes[b, prior_idx], scores[b, prior_idx, cls], cls, nms_threshold)
+        prior_idx, cls = prior_idx[keep], cls[keep]
+        sc = scores[b, prior_idx, cls]
+        # score descending, then lower prior index, then lower class: stable sorts, last key first
+        order = torch.sort(cls, stable=True).indices
+        order = order[torch.sort(prior_idx[order], stable=True).indices]
+        order = order[torch.sort(sc[order], descending=True, stable=True).indices][:keep_top_k]
+        n = order.numel()
+        out_boxes[b, :n] = boxes[b, prior_idx[order]]
+        out_scores[b, :n] = sc[order]
+        out_labels[b, :n] = cls[order]
+        num[b] = n
+    return out_boxes, out_scores, out_labels, num
 
 
 # --------------------------------------------------------------------------- conv_bn_act
