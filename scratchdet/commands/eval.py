@@ -1,0 +1,59 @@
+"""`scratchdet eval`: score saved weights on a VOC split (VOC07 / area mAP) or a COCO json (COCO AP)."""
+from __future__ import annotations
+
+import json
+import os
+
+from ..cli import CLIError
+
+
+def register(sub):
+    p = sub.add_parser("eval", help="evaluate saved weights (VOC mAP or COCO AP)",
+                       description="Run a saved detector over a data set and print the per-class AP table. "
+                                   "VOC: --data ROOT --split test. COCO: --coco-images DIR --coco-json FILE.")
+    p.add_argument("--weights", required=True, help="a model saved by scratchdet (best_model.pt, model_final.pt)")
+    p.add_argument("--data", help="VOC-layout folder")
+    p.add_argument("--split", default="val", help="VOC split to evaluate (default: val)")
+    p.add_argument("--coco-images", help="COCO image folder")
+    p.add_argument("--coco-json", help="COCO instances json (enables COCO AP through pycocotools)")
+    p.add_argument("--metric", choices=["voc07", "voc"], default="voc07",
+                   help="VOC metric: voc07 = 11-point (default), voc = area under the PR curve")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="folder for results.json and the precision-recall plot")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from ._common import existing_dir, existing_file, load_model, pick_device, writable_dir
+    from ..data import COCODataset, SSDTransform, VOCDataset
+    from ..engine.evaluate import predict_dataset
+    from ..evaluation import coco_eval_from_predictions, format_ap_table, plot_pr_curves, voc_eval
+
+    device = pick_device(args.device)
+    if not args.data and not args.coco_json:
+        raise CLIError("give --data (VOC layout) or --coco-images/--coco-json")
+    model = load_model(args.weights, device)
+    tf = SSDTransform(model.config["input_size"], train=False)
+    if args.coco_json:
+        existing_file(args.coco_json, "COCO annotation json")
+        existing_dir(args.coco_images or "", "COCO image folder")
+        dataset = COCODataset(args.coco_images, args.coco_json, transform=tf)
+    else:
+        existing_dir(args.data, "data folder")
+        dataset = VOCDataset(args.data, split=args.split, transform=tf)
+    out = writable_dir(args.out) if args.out else None
+    detections, annotations = predict_dataset(model, dataset, args.batch_size, device)
+    result = voc_eval(detections, annotations, iou_threshold=0.5, use_07_metric=args.metric == "voc07")
+    print(format_ap_table(result, dataset.classes))
+    summary = {"metric": args.metric, "map": result["map"],
+               "ap": {dataset.classes[int(k) - 1]: v for k, v in result["ap"].items()}}
+    if args.coco_json:
+        summary["coco"] = coco_eval_from_predictions(args.coco_json, detections, annotations, dataset)
+        print(json.dumps(summary["coco"], indent=2))
+    if out:
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        plot_pr_curves(detections, annotations, os.path.join(out, "pr_curves.png"), class_names=dataset.classes)
+        print(f"wrote {out}/results.json and {out}/pr_curves.png")
+    return 0

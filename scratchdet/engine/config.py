@@ -1,0 +1,143 @@
+"""Training configuration: a flat dataclass, named presets, and `key=value` overrides."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = "root_resnet_tiny"
+    model_overrides: dict = field(default_factory=dict)
+    # data: "synth" (generated on the fly into data_root), "voc" or "coco"
+    dataset: str = "voc"
+    data_root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    coco_train_images: str = ""
+    coco_train_json: str = ""
+    coco_val_images: str = ""
+    coco_val_json: str = ""
+    # optimisation (the paper: SGD momentum 0.9, wd 5e-4, lr 0.05 with BN everywhere)
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    no_decay_bn_bias: bool = True
+    warmup_iters: int = 500
+    warmup_factor: float = 1.0 / 3.0
+    schedule: str = "multistep"          # "multistep" or "cosine"
+    milestones: tuple = (0.67, 0.89)     # fractions of max_iters (multistep)
+    gamma: float = 0.1
+    max_iters: int = 100_000
+    grad_clip: float = 0.0               # 0: off; else max L2 norm
+    amp: bool = True                     # used on CUDA only
+    max_bad_steps: int = 10              # abort after this many non-finite steps in a row
+    # bookkeeping
+    seed: int = 0
+    workers: int = 2
+    log_every: int = 10
+    eval_every: int = 0                  # iterations; 0: only at the end
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    out_dir: str = "runs/train"
+    eval_max_images: int = 0             # 0: the whole val split
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+        d = dict(d)
+        if "milestones" in d:
+            d["milestones"] = tuple(d["milestones"])
+        return cls(**d)
+
+
+# The paper's recipe (batch 128, lr 0.05, warmup 500 from lr/3, ~100k iterations on VOC 07+12).
+PRESETS: dict[str, dict] = {
+    "root_resnet34_voc": dict(model="root_resnet34_ssd300", dataset="voc", batch_size=128, lr=0.05,
+                              max_iters=100_000, milestones=(0.67, 0.89), eval_every=10_000, ckpt_every=2000),
+    "root_resnet18_voc": dict(model="root_resnet18_ssd300", dataset="voc", batch_size=128, lr=0.05,
+                              max_iters=100_000, milestones=(0.67, 0.89), eval_every=10_000, ckpt_every=2000),
+    "vgg16_bn_voc": dict(model="vgg16_ssd300", dataset="voc", batch_size=128, lr=0.05, max_iters=100_000,
+                         eval_every=10_000, ckpt_every=2000),
+    "root_resnet34_coco": dict(model="root_resnet34_ssd300", dataset="coco", batch_size=128, lr=0.05,
+                               max_iters=400_000, milestones=(0.7, 0.9), eval_every=20_000, ckpt_every=5000,
+                               model_overrides={"prior_preset": "coco"}),
+    # The README demo: a tiny Root-ResNet SSD on the synthetic shapes data, on 2 CPU cores.
+    "demo": dict(model="root_resnet_tiny", dataset="synth", batch_size=32, lr=0.05, warmup_iters=100,
+                 schedule="cosine", max_iters=1500, eval_every=500, ckpt_every=250, workers=2),
+}
+
+
+def _parse_value(text: str, current):
+    """Parse an override value with the type of the current value."""
+    if isinstance(current, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {text!r}")
+    if isinstance(current, int):
+        return int(float(text)) if text.replace(".", "", 1).lstrip("-").isdigit() else int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, (tuple, list)):
+        return tuple(float(x) for x in text.split(",") if x)
+    if isinstance(current, dict):
+        return json.loads(text)
+    return text
+
+
+def make_config(preset: str | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
+    """A preset (or the defaults), then `key=value` overrides, with clear errors for typos."""
+    cfg = TrainConfig()
+    if preset:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown config preset {preset!r}; known presets: {', '.join(sorted(PRESETS))}")
+        cfg = dataclasses.replace(cfg, **PRESETS[preset])
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for item in overrides or []:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not of the form key=value")
+            key, value = item.split("=", 1)
+            items.append((key.strip(), value))
+    known = {f.name for f in dataclasses.fields(cfg)}
+    for key, value in items:
+        if key not in known:
+            raise ValueError(f"unknown training option {key!r}; known: {', '.join(sorted(known))}")
+        current = getattr(cfg, key)
+        try:
+            parsed = _parse_value(value, current) if isinstance(value, str) else value
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise ValueError(f"bad value for {key}: {exc}") from None
+        cfg = dataclasses.replace(cfg, **{key: parsed})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.lr <= 0:
+        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.max_iters < 1:
+        raise ValueError(f"max_iters must be >= 1, got {cfg.max_iters}")
+    if cfg.schedule not in ("multistep", "cosine"):
+        raise ValueError(f"schedule must be 'multistep' or 'cosine', got {cfg.schedule!r}")
+    if cfg.dataset not in ("voc", "coco", "synth"):
+        raise ValueError(f"dataset must be 'voc', 'coco' or 'synth', got {cfg.dataset!r}")
+    if cfg.keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {cfg.keep_last}")
