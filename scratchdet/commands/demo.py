@@ -99,7 +99,7 @@ def run(args):
         "skipped_steps": summary.get("skipped_steps", 0),
         "model": cfg.model,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "input_size": model.config["input_size"],
+        "image_size": model.config["image_size"],
         "num_train": n_train,
         "num_val": n_val,
         "threads": torch.get_num_threads(),

@@ -34,7 +34,7 @@ def run(args):
     if not args.data and not args.coco_json:
         raise CLIError("give --data (VOC layout) or --coco-images/--coco-json")
     model = load_model(args.weights, device)
-    tf = SSDTransform(model.config["input_size"], train=False)
+    tf = SSDTransform(model.config["image_size"], train=False)
     if args.coco_json:
         existing_file(args.coco_json, "COCO annotation json")
         existing_dir(args.coco_images or "", "COCO image folder")

@@ -7,12 +7,12 @@ from .config import TrainConfig
 from .distributed import DistInfo, barrier
 
 
-def model_input_size(cfg: TrainConfig) -> int:
+def model_image_size(cfg: TrainConfig) -> int:
     from ..models import build_model
 
-    size = cfg.model_overrides.get("input_size")
+    size = cfg.model_overrides.get("image_size")
     if size is None:
-        size = build_model(cfg.model, num_classes=2).config["input_size"]
+        size = build_model(cfg.model, num_classes=2).config["image_size"]
     return int(size)
 
 
@@ -34,7 +34,7 @@ def build_datasets(cfg: TrainConfig, dist: DistInfo | None = None):
     """(train_set, val_set, class_names); train has the SSD augmentation, val the eval transform."""
     from ..data import COCODataset, SSDTransform, VOCDataset
 
-    size = model_input_size(cfg)
+    size = model_image_size(cfg)
     train_tf = SSDTransform(size, train=True, seed=cfg.seed)
     val_tf = SSDTransform(size, train=False)
     if cfg.dataset in ("voc", "synth"):
