@@ -218,6 +218,7 @@ class SSDRawOutputs(nn.Module):
     def __init__(self, model: SSD):
         super().__init__()
         self.model = model
+        self.training = model.training          # export sees the wrapped model's mode
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.forward_raw(images)
