@@ -62,13 +62,14 @@ def _pixel_affine(rng, brightness=32.0, contrast=(0.5, 1.5), saturation=(0.5, 1.
     return m, b
 
 
-def _iou_one_to_many(box, boxes):
-    iw = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    ih = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+def _iou_many_to_many(a, b):
+    """IoU [N, M] of continuous (x1, y1, x2, y2) boxes."""
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
     inter = iw * ih
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / (area + areas - inter)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 class SSDTransform:
@@ -226,15 +227,15 @@ class SSDTransform:
             ch = rng.uniform(self.min_crop * h, h, trials)
             x1 = rng.uniform(0.0, 1.0, trials) * (w - cw)
             y1 = rng.uniform(0.0, 1.0, trials) * (h - ch)
+            crops = np.stack([x1, y1, x1 + cw, y1 + ch], axis=1)
             ok = (ch / cw >= 0.5) & (ch / cw <= 2.0)
-            for t in np.flatnonzero(ok):
-                crop = np.array([x1[t], y1[t], x1[t] + cw[t], y1[t] + ch[t]])
-                if len(boxes) == 0:
-                    return tuple(crop), everything
-                if _iou_one_to_many(crop, boxes).min() < mode:
-                    continue
-                inside = ((centres[:, 0] > crop[0]) & (centres[:, 0] < crop[2])
-                          & (centres[:, 1] > crop[1]) & (centres[:, 1] < crop[3]))
-                if inside.any():
-                    return tuple(crop), inside
+            if len(boxes):
+                ok &= _iou_many_to_many(crops, boxes).min(axis=1) >= mode
+                inside = ((centres[None, :, 0] > crops[:, None, 0]) & (centres[None, :, 0] < crops[:, None, 2])
+                          & (centres[None, :, 1] > crops[:, None, 1]) & (centres[None, :, 1] < crops[:, None, 3]))
+                ok &= inside.any(axis=1)
+            hits = np.flatnonzero(ok)
+            if hits.size:  # the first valid trial, as the sequential loop would take
+                t = hits[0]
+                return tuple(crops[t]), (inside[t] if len(boxes) else everything)
         return (0.0, 0.0, w, h), everything
