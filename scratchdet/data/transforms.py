@@ -11,7 +11,7 @@ the output is the mean colour, 0 after normalisation). The photometric
 distortion (brightness, contrast, saturation, hue, channel swap) is linear in
 RGB, with hue and saturation applied in YIQ space, so it is folded into one 3x3
 affine map that runs, together with normalisation, on the output pixels only.
-Per-pixel work is a single matrix product over S*S pixels.
+Per-pixel work is one 3x3 colour map over at most S*S pixels.
 
 Reproducibility: with ``seed`` set, sample ``index`` in epoch ``e`` draws from
 ``numpy.random.default_rng((seed, e, index))``, so the result does not depend on
@@ -160,12 +160,26 @@ class SSDTransform:
         return torch.from_numpy(pixels), out
 
     def _normalise(self, patch, m, b):
-        """PIL patch -> float32 [3, h, w]: clip(M x + b, 0, 255) then (x/255 - mean)/std."""
+        """PIL patch -> float32 [3, h, w]: clip(M x + b, 0, 255) then (x/255 - mean)/std.
+
+        The 3x3 product is written as nine scaled adds on channel planes rather
+        than a matmul: numpy hands small matmuls to a multi-threaded BLAS, which
+        oversubscribes the CPU when DataLoader workers already use every core.
+        """
         pw, ph = patch.size
-        x = np.asarray(patch, dtype=np.float32).reshape(-1, 3)
-        out = (m.astype(np.float32) @ x.T) if not np.array_equal(m, np.eye(3)) else np.ascontiguousarray(x.T)
-        out += b.astype(np.float32)[:, None]
-        np.clip(out, 0.0, 255.0, out=out)
+        x = np.asarray(patch, dtype=np.float32).transpose(2, 0, 1).reshape(3, -1)
+        if np.array_equal(m, np.eye(3)) and not b.any():
+            out = x.copy()
+        else:
+            m, b = m.astype(np.float32), b.astype(np.float32)
+            out = np.empty_like(x)
+            for c in range(3):
+                o = out[c]
+                np.multiply(x[0], m[c, 0], out=o)
+                o += m[c, 1] * x[1]
+                o += m[c, 2] * x[2]
+                o += b[c]
+            np.clip(out, 0.0, 255.0, out=out)
         out *= (1.0 / (255.0 * self.std))[:, None]
         out -= (self.mean / self.std)[:, None]
         return out.reshape(3, ph, pw)
