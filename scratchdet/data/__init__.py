@@ -1,1 +1,15 @@
-"""scratchdet.data"""
+"""scratchdet.data: VOC and COCO readers, the SSD augmentation pipeline, the synthetic data set.
+
+Every reader yields ``(image, target)`` with pixel boxes; with an
+:class:`SSDTransform` it yields a normalised image tensor and [0, 1] boxes, and
+:func:`collate_detection` pads a batch for ``match_priors``.
+"""
+from .coco import COCODataset
+from .collate import collate_detection
+from .dataset import BadImageError, DetectionDataset
+from .transforms import SSDTransform
+from .voc import VOC_CLASSES, VOCDataset
+from . import synth  # noqa: E402
+
+__all__ = ["VOCDataset", "COCODataset", "DetectionDataset", "BadImageError", "SSDTransform",
+           "collate_detection", "VOC_CLASSES", "synth"]

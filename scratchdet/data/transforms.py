@@ -1,0 +1,255 @@
+"""The SSD augmentation pipeline, seeded and fast.
+
+Training: photometric distortion, expand (zoom out up to 4x, p 0.5), min-IoU
+random crop, horizontal flip, resize to ``size``, normalise. Evaluation: resize
+and normalise.
+
+Why it is fast: the expanded canvas is never materialised. Expand, crop and flip
+are composed into one rectangle of the source image and one rectangle of the
+output, and PIL resamples that source rectangle straight into place (the rest of
+the output is the mean colour, 0 after normalisation). The photometric
+distortion (brightness, contrast, saturation, hue, channel swap) is linear in
+RGB, with hue and saturation applied in YIQ space, so it is folded into one 3x3
+affine map that runs, together with normalisation, on the output pixels only.
+Per-pixel work is one 3x3 colour map over at most S*S pixels.
+
+Reproducibility: with ``seed`` set, sample ``index`` in epoch ``e`` draws from
+``numpy.random.default_rng((seed, e, index))``, so the result does not depend on
+worker count or order. Call ``set_epoch`` (or ``dataset.set_epoch``) each epoch;
+with DataLoader workers use ``persistent_workers=False`` (the default) so the
+workers see the new epoch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..constants import MEAN, STD
+
+# RGB <-> YIQ: luma plus two chroma axes; scaling the chroma is saturation, rotating it is hue.
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
+                        [0.596, -0.274, -0.322],
+                        [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+
+
+def _pixel_affine(rng, brightness=32.0, contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=18.0,
+                  channel_swap=True):
+    """The SSD photometric distortion as (M, b): x -> M @ x + b on 0..255 RGB."""
+    m, b = np.eye(3), np.zeros(3)
+
+    def apply(a, c=0.0):
+        nonlocal m, b
+        m, b = a @ m, a @ b + c
+
+    if rng.random() < 0.5:
+        apply(np.eye(3), rng.uniform(-brightness, brightness))
+    contrast_first = rng.random() < 0.5
+    alpha = rng.uniform(*contrast) if rng.random() < 0.5 else 1.0
+    if contrast_first:
+        apply(alpha * np.eye(3))
+    sat = rng.uniform(*saturation) if rng.random() < 0.5 else 1.0
+    theta = np.deg2rad(rng.uniform(-hue, hue)) if rng.random() < 0.5 else 0.0
+    if sat != 1.0 or theta != 0.0:
+        c, s = np.cos(theta), np.sin(theta)
+        chroma = np.array([[1, 0, 0], [0, sat * c, -sat * s], [0, sat * s, sat * c]])
+        apply(_YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ)
+    if not contrast_first:
+        apply(alpha * np.eye(3))
+    if channel_swap and rng.random() < 0.5:
+        apply(np.eye(3)[rng.permutation(3)])
+    return m, b
+
+
+def _iou_many_to_many(a, b):
+    """IoU [N, M] of continuous (x1, y1, x2, y2) boxes."""
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+class SSDTransform:
+    """SSD data augmentation (``train=True``) or test-time resize (``train=False``).
+
+    Called as ``transform(image, target, index=None)`` with a PIL image and a
+    target holding pixel ``boxes`` [M,4], ``labels`` [M], ``difficult`` [M] and
+    ``image_id``. Returns (image tensor [3,size,size] normalised with
+    scratchdet.constants MEAN/STD, target) where the target's boxes are
+    normalised (x1, y1, x2, y2) in [0, 1], every one with x2 > x1 and y2 > y1,
+    and ``orig_size`` is the input (height, width).
+
+    Args:
+        size: output side in pixels.
+        train: augment (True) or only resize (False).
+        seed: None draws fresh randomness every call; an int makes every
+            (epoch, index) sample reproducible.
+        drop_difficult: remove ``difficult`` boxes before augmenting (training only).
+        expand_prob, max_expand: zoom-out probability and largest ratio.
+        min_ious: the crop modes besides "keep the whole image".
+        min_crop: smallest crop side as a fraction of the (expanded) image.
+        flip_prob: horizontal flip probability.
+        photometric: apply the photometric distortion.
+    """
+
+    def __init__(self, size, train=True, seed=None, drop_difficult=False, expand_prob=0.5, max_expand=4.0,
+                 min_ious=(0.1, 0.3, 0.5, 0.7, 0.9), min_crop=0.3, flip_prob=0.5, photometric=True,
+                 mean=MEAN, std=STD):
+        if int(size) <= 0:
+            raise ValueError(f"SSDTransform: size must be positive, got {size}")
+        if max_expand < 1.0:
+            raise ValueError(f"SSDTransform: max_expand must be >= 1, got {max_expand}")
+        self.size = int(size)
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.drop_difficult = drop_difficult
+        self.expand_prob, self.max_expand = expand_prob, max_expand
+        self.crop_modes = (None, *min_ious)
+        self.min_crop = min_crop
+        self.flip_prob = flip_prob
+        self.photometric = photometric
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+        self._calls = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __repr__(self):
+        return (f"SSDTransform(size={self.size}, train={self.train}, seed={self.seed}, "
+                f"drop_difficult={self.drop_difficult})")
+
+    # ------------------------------------------------------------------
+    def _rng(self, index):
+        if self.seed is None:
+            return np.random.default_rng()
+        if index is None:
+            index, self._calls = self._calls, self._calls + 1
+        return np.random.default_rng((int(self.seed), self.epoch, int(index)))
+
+    def __call__(self, image, target, index=None):
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(np.asarray(image))
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        w, h = image.size
+        boxes = np.asarray(target["boxes"], np.float64).reshape(-1, 4)
+        labels = np.asarray(target["labels"], np.int64).reshape(-1)
+        difficult = np.asarray(target.get("difficult", np.zeros(len(labels), bool)), bool).reshape(-1)
+        if self.train:
+            rng = self._rng(index)
+            if self.drop_difficult:
+                keep = ~difficult
+                boxes, labels, difficult = boxes[keep], labels[keep], difficult[keep]
+            pixels, boxes, keep = self._augment(image, boxes, rng)
+            labels, difficult = labels[keep], difficult[keep]
+        else:
+            pixels = self._normalise(image.resize((self.size, self.size), Image.BILINEAR), np.eye(3), np.zeros(3))
+            boxes = boxes / np.array([w, h, w, h], np.float64)
+        boxes = np.clip(boxes, 0.0, 1.0).astype(np.float32)
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        out = {"boxes": torch.from_numpy(np.ascontiguousarray(boxes[valid])),
+               "labels": torch.from_numpy(labels[valid]),
+               "difficult": torch.from_numpy(difficult[valid]),
+               "image_id": target.get("image_id"),
+               "orig_size": (h, w)}
+        return torch.from_numpy(pixels), out
+
+    def _normalise(self, patch, m, b):
+        """PIL patch -> float32 [3, h, w]: clip(M x + b, 0, 255) then (x/255 - mean)/std.
+
+        The 3x3 product is written as nine scaled adds on channel planes rather
+        than a matmul: numpy hands small matmuls to a multi-threaded BLAS, which
+        oversubscribes the CPU when DataLoader workers already use every core.
+        """
+        pw, ph = patch.size
+        x = np.asarray(patch, dtype=np.float32).transpose(2, 0, 1).reshape(3, -1)
+        if np.array_equal(m, np.eye(3)) and not b.any():
+            out = x.copy()
+        else:
+            m, b = m.astype(np.float32), b.astype(np.float32)
+            out = np.empty_like(x)
+            for c in range(3):
+                o = out[c]
+                np.multiply(x[0], m[c, 0], out=o)
+                o += m[c, 1] * x[1]
+                o += m[c, 2] * x[2]
+                o += b[c]
+            np.clip(out, 0.0, 255.0, out=out)
+        out *= (1.0 / (255.0 * self.std))[:, None]
+        out -= (self.mean / self.std)[:, None]
+        return out.reshape(3, ph, pw)
+
+    def _augment(self, image, boxes, rng):
+        w, h = image.size
+        m, b = _pixel_affine(rng) if self.photometric else (np.eye(3), np.zeros(3))
+        # Expand: the image sits at (left, top) on a (w*r, h*r) canvas of mean colour.
+        left = top = 0.0
+        cw, ch = float(w), float(h)
+        if self.max_expand > 1.0 and rng.random() < self.expand_prob:
+            r = rng.uniform(1.0, self.max_expand)
+            cw, ch = w * r, h * r
+            left, top = rng.uniform(0.0, cw - w), rng.uniform(0.0, ch - h)
+            boxes = boxes + np.array([left, top, left, top])
+        crop, keep = self._sample_crop(rng, cw, ch, boxes)
+        boxes = boxes[keep]
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], crop[0], crop[2]) - crop[0]
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], crop[1], crop[3]) - crop[1]
+        crop_w, crop_h = crop[2] - crop[0], crop[3] - crop[1]
+        flip = rng.random() < self.flip_prob
+        if flip:
+            boxes = np.stack([crop_w - boxes[:, 2], boxes[:, 1], crop_w - boxes[:, 0], boxes[:, 3]], axis=1)
+        boxes = boxes / np.array([crop_w, crop_h, crop_w, crop_h])
+
+        # Render: the part of the image inside the crop, resampled into its output rectangle.
+        s = self.size
+        sx, sy = s / crop_w, s / crop_h
+        canvas = np.zeros((3, s, s), np.float32)  # the mean colour, normalised
+        vx1, vy1 = max(left, crop[0]), max(top, crop[1])
+        vx2, vy2 = min(left + w, crop[2]), min(top + h, crop[3])
+        ox1, ox2 = round((vx1 - crop[0]) * sx), round((vx2 - crop[0]) * sx)
+        oy1, oy2 = round((vy1 - crop[1]) * sy), round((vy2 - crop[1]) * sy)
+        if ox2 > ox1 and oy2 > oy1:
+            src = (min(max(ox1 / sx + crop[0] - left, 0.0), w), min(max(oy1 / sy + crop[1] - top, 0.0), h),
+                   min(max(ox2 / sx + crop[0] - left, 0.0), w), min(max(oy2 / sy + crop[1] - top, 0.0), h))
+            patch = image.resize((ox2 - ox1, oy2 - oy1), Image.BILINEAR, box=src)
+            if flip:
+                patch = patch.transpose(Image.FLIP_LEFT_RIGHT)
+                ox1, ox2 = s - ox2, s - ox1
+            canvas[:, oy1:oy2, ox1:ox2] = self._normalise(patch, m, b)
+        return canvas, boxes, keep
+
+    def _sample_crop(self, rng, w, h, boxes, trials=50, max_modes=16):
+        """mmdet/SSD MinIoURandomCrop: returns (crop x1, y1, x2, y2) and which boxes it keeps.
+
+        A mode is drawn from {keep, *min_ious}; up to ``trials`` crops (side
+        min_crop..1 of the canvas, aspect 1/2..2) are drawn at once and the first
+        whose IoU with every box is >= min_iou and that contains at least one box
+        centre wins. Boxes whose centre lies outside the crop are dropped.
+        """
+        everything = np.ones(len(boxes), bool)
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        for _ in range(max_modes):
+            mode = self.crop_modes[rng.integers(len(self.crop_modes))]
+            if mode is None:
+                return (0.0, 0.0, w, h), everything
+            cw = rng.uniform(self.min_crop * w, w, trials)
+            ch = rng.uniform(self.min_crop * h, h, trials)
+            x1 = rng.uniform(0.0, 1.0, trials) * (w - cw)
+            y1 = rng.uniform(0.0, 1.0, trials) * (h - ch)
+            crops = np.stack([x1, y1, x1 + cw, y1 + ch], axis=1)
+            ok = (ch / cw >= 0.5) & (ch / cw <= 2.0)
+            if len(boxes):
+                ok &= _iou_many_to_many(crops, boxes).min(axis=1) >= mode
+                inside = ((centres[None, :, 0] > crops[:, None, 0]) & (centres[None, :, 0] < crops[:, None, 2])
+                          & (centres[None, :, 1] > crops[:, None, 1]) & (centres[None, :, 1] < crops[:, None, 3]))
+                ok &= inside.any(axis=1)
+            hits = np.flatnonzero(ok)
+            if hits.size:  # the first valid trial, as the sequential loop would take
+                t = hits[0]
+                return tuple(crops[t]), (inside[t] if len(boxes) else everything)
+        return (0.0, 0.0, w, h), everything
