@@ -3,7 +3,6 @@ import json
 import os
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
