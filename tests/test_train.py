@@ -48,7 +48,7 @@ def test_train_writes_metrics_checkpoints_and_model(synth_root, tmp_path):
     assert summary["iteration"] == 6 and 0.0 <= summary["map"] <= 1.0
     recs = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     steps = [r for r in recs if not r.get("eval")]
-    assert [r["iter"] for r in steps] == list(range(6))
+    assert [r["iter"] for r in steps] == list(range(1, 7))
     for key in ("loss", "lr", "grad_norm", "grad_fluct", "images_per_s"):
         assert all(key in r for r in steps)
     assert steps[0]["lr"] == pytest.approx(0.02 / 3)
@@ -83,7 +83,7 @@ def test_killed_run_resumes_to_identical_weights(synth_root, tmp_path, crash_aft
     assert resumed.iteration == 8
     assert_same_weights(weights(resumed), expected)
     its = [json.loads(l)["iter"] for l in open(tmp_path / "run" / "metrics.jsonl") if "eval" not in l]
-    assert its == list(range(8)), "metrics of re-run steps must not be duplicated"
+    assert its == list(range(1, 9)), "metrics of re-run steps must not be duplicated"
 
 
 def test_sigterm_checkpoints_and_exits_cleanly(synth_root, tmp_path):

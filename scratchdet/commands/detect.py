@@ -47,7 +47,7 @@ def run(args):
     files = _collect(args.images)
     out = writable_dir(args.out)
     model = load_model(args.weights, pick_device(args.device))
-    names = model.config.get("class_names") or [str(i) for i in range(1, model.num_classes)]
+    names = getattr(model, "class_names", None) or [str(i) for i in range(1, model.num_classes)]
     results = {}
     for path in files:
         try:

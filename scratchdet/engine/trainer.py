@@ -53,6 +53,7 @@ class Trainer:
             train_set, val_set, classes = build_datasets(cfg, self.dist)
         self.train_set, self.val_set, self.classes = train_set, val_set, classes
         self.model = build_model(cfg.model, num_classes=len(classes) + 1, **cfg.model_overrides).to(self.device)
+        self.model.class_names = list(classes)  # saved with the weights by scratchdet.save
         if self.dist.enabled and self.device.type == "cuda":
             # SyncBN needs a GPU; on CPU (gloo) BN stays per-rank and DDP broadcasts rank 0's buffers.
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -95,7 +96,19 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
         }
 
+    def _sync_buffers(self) -> None:
+        """Average BN running statistics over ranks (without SyncBN each rank's differ after the last step)."""
+        if not self.dist.enabled:
+            return
+        import torch.distributed as dist
+
+        for buf in self.model.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf)
+                buf /= self.dist.world_size
+
     def save_checkpoint(self) -> str | None:
+        self._sync_buffers()  # every rank calls save_checkpoint; only rank 0 writes
         if not self.dist.is_main:
             return None
         path = checkpoint_path(self.cfg.out_dir, self.iteration)
@@ -128,6 +141,7 @@ class Trainer:
         from .evaluate import evaluate_model
 
         result = {}
+        self._sync_buffers()
         if self.dist.is_main and self.val_set is not None:
             result = evaluate_model(self.model, self.val_set, batch_size=self.cfg.batch_size, device=self.device,
                                     max_images=self.cfg.eval_max_images, workers=self.cfg.workers)
@@ -136,7 +150,7 @@ class Trainer:
             if result["map"] > self.best_map:
                 self.best_map = result["map"]
                 from ..models.io import save
-                save(self.model, os.path.join(self.cfg.out_dir, "best_model.pt"), extra={"classes": list(self.classes)})
+                save(self.model, os.path.join(self.cfg.out_dir, "best_model.pt"))
         barrier(self.dist)
         return result
 
@@ -198,9 +212,9 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         return {
-            "iter": self.iteration, "epoch": self.epoch, "lr": lr,
-            "loss": float(loss.detach()), "loss_loc": float(losses.get("loss_loc", torch.nan)),
-            "loss_conf": float(losses.get("loss_conf", torch.nan)),
+            "epoch": self.epoch, "lr": lr,
+            "loss": float(loss.detach()), "loss_loc": float(losses["loss_loc"].detach()),
+            "loss_conf": float(losses["loss_conf"].detach()),
             "grad_norm": grad_norm, "grad_fluct": self.fluct.update(grad_norm) if not bad else float("nan"),
             "skipped": bad,
         }
@@ -231,6 +245,7 @@ class Trainer:
                     rec = self._step(images, targets)
                     self.iteration += 1
                     self.batch_in_epoch += 1
+                    rec["iter"] = self.iteration  # steps done, like the checkpoint's iteration
                     steps_this_call += 1
                     n_img += images.shape[0] * self.dist.world_size
                     now = time.perf_counter()
@@ -277,6 +292,6 @@ class Trainer:
                 summary["ap"] = result["ap"]
             if self.dist.is_main:
                 from ..models.io import save
-                save(self.model, os.path.join(cfg.out_dir, "model_final.pt"), extra={"classes": list(self.classes)})
+                save(self.model, os.path.join(cfg.out_dir, "model_final.pt"))
         summary["best_map"] = self.best_map
         return summary

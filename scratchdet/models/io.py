@@ -24,6 +24,9 @@ def save(model, path) -> None:
         raise TypeError("scratchdet.save: expected a model built by scratchdet.build_model (with a .config dict)")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "config": dict(config), "state_dict": state}
+    class_names = getattr(model, "class_names", None)   # set by the trainer; label i = class_names[i-1]
+    if class_names is not None:
+        payload["class_names"] = [str(c) for c in class_names]
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(payload, tmp)
@@ -62,4 +65,9 @@ def load(path, map_location="cpu"):
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise _invalid(path, f"the weights do not fit the config ({str(exc).splitlines()[0]})") from None
+    names = payload.get("class_names")
+    if names is not None:
+        if not isinstance(names, list) or len(names) != model.num_classes - 1:
+            raise _invalid(path, "class_names does not list one name per object class")
+        model.class_names = list(names)
     return model.eval()
