@@ -83,7 +83,7 @@ def run(args):
     val_raw = trainer.val_set
     pictures = []
     for i in range(min(8, len(val_raw))):
-        image = Image.open(val_raw.image_path(i)).convert("RGB")
+        image = Image.open(val_raw.records[i].image_path).convert("RGB")
         pred = model.predict([image])[0]
         pictures.append(draw_detections(image, pred["boxes"], pred["labels"], pred["scores"], trainer.classes, 0.4))
     det_png = save_grid(pictures, os.path.join(out, "detections.png"))

@@ -28,7 +28,7 @@ def run(args):
     from ._common import existing_dir, existing_file, load_model, pick_device, writable_dir
     from ..data import COCODataset, SSDTransform, VOCDataset
     from ..engine.evaluate import predict_dataset
-    from ..evaluation import coco_eval_from_predictions, format_ap_table, plot_pr_curves, voc_eval
+    from ..evaluation import coco_eval, detections_to_coco, format_ap_table, plot_pr_curves, voc_eval
 
     device = pick_device(args.device)
     if not args.data and not args.coco_json:
@@ -44,16 +44,19 @@ def run(args):
         dataset = VOCDataset(args.data, split=args.split, transform=tf)
     out = writable_dir(args.out) if args.out else None
     detections, annotations = predict_dataset(model, dataset, args.batch_size, device)
-    result = voc_eval(detections, annotations, iou_threshold=0.5, use_07_metric=args.metric == "voc07")
+    result = voc_eval(detections, annotations, iou_threshold=0.5, use_07_metric=args.metric == "voc07",
+                      pixel_inclusive=not args.coco_json, return_curves=True)
     print(format_ap_table(result, dataset.classes))
     summary = {"metric": args.metric, "map": result["map"],
                "ap": {dataset.classes[int(k) - 1]: v for k, v in result["ap"].items()}}
     if args.coco_json:
-        summary["coco"] = coco_eval_from_predictions(args.coco_json, detections, annotations, dataset)
+        image_ids = [a["image_id"] for a in annotations]
+        coco_results = detections_to_coco(detections, image_ids, dataset.label_to_cat_id)
+        summary["coco"] = coco_eval(args.coco_json, coco_results, image_ids=image_ids)
         print(json.dumps(summary["coco"], indent=2))
     if out:
         with open(os.path.join(out, "results.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        plot_pr_curves(detections, annotations, os.path.join(out, "pr_curves.png"), class_names=dataset.classes)
+        plot_pr_curves(result, os.path.join(out, "pr_curves.png"), class_names=dataset.classes)
         print(f"wrote {out}/results.json and {out}/pr_curves.png")
     return 0

@@ -10,6 +10,7 @@ def predict_dataset(model, dataset, batch_size: int = 16, device="cpu", max_imag
     """Detections and annotations per image, boxes in original pixel coordinates."""
     from ..data import collate_detection
 
+    base = dataset
     if max_images and max_images < len(dataset):
         dataset = Subset(dataset, range(max_images))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -27,11 +28,14 @@ def predict_dataset(model, dataset, batch_size: int = 16, device="cpu", max_imag
                 n = int(num[i])
                 detections.append({"boxes": boxes[i, :n].float() * scale, "scores": scores[i, :n].float(),
                                    "labels": labels[i, :n]})
-                valid = targets["labels"][i] > 0
-                annotations.append({"boxes": targets["boxes"][i][valid].float() * scale,
-                                    "labels": targets["labels"][i][valid],
-                                    "difficult": targets["difficult"][i][valid],
-                                    "image_id": meta.get("image_id")})
+                if hasattr(base, "get_annotation"):  # the original pixel annotation, as the devkit scores it
+                    annotations.append(base.get_annotation(len(annotations)))
+                else:
+                    valid = targets["labels"][i] > 0
+                    annotations.append({"boxes": targets["boxes"][i][valid].float() * scale,
+                                        "labels": targets["labels"][i][valid],
+                                        "difficult": targets["difficult"][i][valid],
+                                        "image_id": meta.get("image_id")})
     finally:
         model.train(was_training)
     return detections, annotations
