@@ -185,7 +185,8 @@ class Trainer:
             losses = self.net(images, targets)
         loss = losses["loss"]
         self.optimizer.zero_grad(set_to_none=True)
-        loss_finite = broadcast_flag(not bool(torch.isfinite(loss.detach())), self.dist) is False
+        # Every rank must agree to skip, or DDP's gradient all-reduce would hang.
+        loss_finite = not broadcast_flag(not bool(torch.isfinite(loss.detach())), self.dist)
         if loss_finite:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
