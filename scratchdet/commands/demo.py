@@ -48,13 +48,14 @@ def run(args):
     n_train = args.train or base["train"]
     n_val = args.val or base["val"]
     overrides = [f"data_root={os.path.join(out, 'data')}", f"out_dir={os.path.join(out, 'run')}",
-                 f"seed={args.seed}"] + list(args.overrides)
+                 f"seed={args.seed}"]
     max_iters = args.max_iters or base["max_iters"]
     if max_iters:
         overrides += [f"max_iters={max_iters}", f"warmup_iters={min(100, max_iters // 5)}",
                       f"eval_every=0", f"ckpt_every={max(1, max_iters // 2)}"]
     if args.quick:
         overrides += ["batch_size=8", "workers=0"]
+    overrides += list(args.overrides)  # the user's --set wins
     try:
         cfg = make_config("demo", overrides)
     except ValueError as exc:
