@@ -147,7 +147,8 @@ class SSD(nn.Module):
             raise ValueError(f"targets: expected boxes [B, G, 4] and labels [B, G], got {list(boxes.shape)} "
                              f"and {list(labels.shape)}")
         # checked here while the labels are usually still on the CPU (a bad label on CUDA is a device assert)
-        if labels.device.type == "cpu" and labels.numel() and int(labels.max()) >= self.num_classes:
+        if (labels.device.type == "cpu" and labels.numel() and not torch.compiler.is_compiling()
+                and int(labels.max()) >= self.num_classes):
             raise ValueError(f"targets: label {int(labels.max())} out of range for a model with "
                              f"{self.num_classes} classes (1..{self.num_classes - 1}, 0 = background/padding)")
         return boxes.to(device=device, dtype=torch.float32), labels.to(device=device, dtype=torch.int64)
@@ -218,6 +219,7 @@ class SSDRawOutputs(nn.Module):
     def __init__(self, model: SSD):
         super().__init__()
         self.model = model
+        self.training = model.training          # export sees the wrapped model's mode
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.forward_raw(images)
