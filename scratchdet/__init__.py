@@ -19,6 +19,7 @@ _LAZY = {
     "save": ("scratchdet.models.io", "save"),
     "load": ("scratchdet.models.io", "load"),
     "fuse": ("scratchdet.models.fuse", "fuse"),
+    "FastPredictor": ("scratchdet.models.fast_inference", "FastPredictor"),
 }
 
 __all__ = ["ops", "__version__", *_LAZY]

@@ -225,3 +225,85 @@ def detect(loc: torch.Tensor, logits: torch.Tensor, priors: torch.Tensor, varian
 
 # --------------------------------------------------------------------------- conv_bn_act
 # (issue: fused BN-conv inference)
+__all__ += ["conv_bn_act", "fold_batch_norm"]
+
+
+def _pair(v, name: str) -> tuple:
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2:
+        raise RuntimeError(f"conv_bn_act: expected {name} to have 2 values (h, w), got {list(pair)}")
+    return pair
+
+
+def check_conv_bn_act_args(input, weight, bias, residual, stride, padding, dilation, groups) -> list:
+    """The checks of the C++ op, same wording; returns the output shape."""
+    op = "conv_bn_act"
+    check_shape(input, 4, None, op, "input", "[N, C_in, H, W]")
+    check_shape(weight, 4, None, op, "weight", "[C_out, C_in / groups, kH, kW]")
+    check_floating(input, op, "input")
+    check_same_dtype(input, weight, op, "input", "weight")
+    check_same_device(input, weight, op, "input", "weight")
+    for v, name, low in ((stride, "stride", 1), (padding, "padding", 0), (dilation, "dilation", 1)):
+        if any(x < low for x in v):
+            raise RuntimeError(f"{op}: expected every {name} value >= {low}, got {list(v)}")
+    if groups < 1:
+        raise RuntimeError(f"{op}: expected groups >= 1, got {groups}")
+    c_in, c_out = input.shape[1], weight.shape[0]
+    if c_in % groups or c_out % groups or weight.shape[1] * groups != c_in:
+        raise RuntimeError(f"{op}: expected weight of shape [C_out, C_in / groups, kH, kW] with C_in = {c_in} "
+                           f"and groups = {groups}, got weight shape {list(weight.shape)}")
+    out_shape = [input.shape[0], c_out]
+    for d in range(2):
+        extent = dilation[d] * (weight.shape[2 + d] - 1) + 1
+        padded = input.shape[2 + d] + 2 * padding[d]
+        if padded < extent:
+            raise RuntimeError(f"{op}: the kernel ({list(weight.shape)}, dilation {list(dilation)}) is larger than "
+                               f"the padded input ({list(input.shape)}, padding {list(padding)})")
+        out_shape.append((padded - extent) // stride[d] + 1)
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != c_out:
+            raise RuntimeError(f"{op}: expected bias of shape [{c_out}], got shape {list(bias.shape)}")
+        check_same_dtype(input, bias, op, "input", "bias")
+        check_same_device(input, bias, op, "input", "bias")
+    if residual is not None:
+        if list(residual.shape) != out_shape:
+            raise RuntimeError(f"{op}: expected residual of the output's shape {out_shape}, "
+                               f"got shape {list(residual.shape)}")
+        check_same_dtype(input, residual, op, "input", "residual")
+        check_same_device(input, residual, op, "input", "residual")
+    return out_shape
+
+
+def conv_bn_act(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None, stride=1, padding=0, dilation=1, groups: int = 1,
+                relu: bool = False) -> torch.Tensor:
+    """``relu?(conv2d(input, weight, bias) + residual?)``: Conv-BN(-add)(-ReLU) after folding.
+
+    The output has the input's memory format (NCHW or channels_last) and dtype. Half
+    precision rounds as the unfused ops do: after the biased conv, then after the add.
+    """
+    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    check_conv_bn_act_args(input, weight, bias, residual, stride, padding, dilation, groups)
+    out = torch.nn.functional.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    if residual is not None:
+        out = out + residual
+    if relu:
+        out = torch.relu(out)
+    from torch._prims_common import suggest_memory_format
+
+    return out.contiguous(memory_format=suggest_memory_format(input))
+
+
+def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None, running_mean: torch.Tensor,
+                    running_var: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
+                    eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm into the conv before it: ``w' = w*g/sqrt(var+eps)`` and
+    ``b' = (b - mu)*g/sqrt(var+eps) + beta``. Computed in float64, returned in weight's dtype."""
+    dtype = weight.dtype
+    var, mean = running_var.double(), running_mean.double()
+    g = gamma.double() if gamma is not None else torch.ones_like(var)
+    bt = beta.double() if beta is not None else torch.zeros_like(var)
+    b = bias.double() if bias is not None else torch.zeros_like(var)
+    scale = g / torch.sqrt(var + eps)
+    w = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    return w.to(dtype), ((b - mean) * scale + bt).to(dtype)

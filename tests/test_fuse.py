@@ -1,0 +1,217 @@
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import scratchdet
+from scratchdet.models import BasicBlock, ConvBNAct, build_model, list_models
+from scratchdet.models.fast_inference import FastPredictor
+from scratchdet.models.fuse import FusedBasicBlock, FusedConvAct, fuse
+
+
+def randomise_batch_norms(model, seed=0):
+    """Non-trivial running statistics and affine parameters, so folding has something to fold."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+    return model
+
+
+def small(name, **kw):
+    """The preset at its native input size and layout, narrow so that CPU tests stay fast."""
+    return randomise_batch_norms(build_model(name, width=8, extra_channels=16, **kw)).eval()
+
+
+def rel_err(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def count_bn(model):
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_preset_matches_unfused_and_folds_every_batch_norm(name):
+    model = small(name)
+    fused = fuse(model)
+    report = fused.fuse_report
+    assert report.unfused == [] and report.folded_batch_norms == count_bn(model) > 0
+    assert count_bn(fused) == 0
+    assert not any(isinstance(m, (ConvBNAct, BasicBlock)) for m in fused.modules())
+    n_blocks = sum(isinstance(m, BasicBlock) for m in model.modules())
+    assert sum(isinstance(m, FusedBasicBlock) for m in fused.modules()) == n_blocks
+    x = torch.randn(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, out = model.forward_raw(x), fused.forward_raw(x)
+        out_cl = fused.forward_raw(x.contiguous(memory_format=torch.channels_last))
+    for r, o, o_cl in zip(ref, out, out_cl):
+        assert rel_err(o, r) < 1e-4 and rel_err(o_cl, r) < 1e-4
+
+
+def test_original_model_untouched():
+    model = small("root_resnet_tiny")
+    before = copy.deepcopy(model.state_dict())
+    fused = fuse(model)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert count_bn(model) > 0 and not any(isinstance(m, FusedConvAct) for m in model.modules())
+    assert all(p.data_ptr() not in {q.data_ptr() for q in model.parameters()} for p in fused.parameters())
+
+
+def test_training_mode_is_refused_and_fused_model_is_inference_only():
+    model = small("root_resnet_tiny").train()
+    with pytest.raises(RuntimeError, match=r"fuse: the model is in training mode .*call model.eval\(\)"):
+        fuse(model)
+    model.eval()
+    model.backbone.stages[0].train()  # one submodule left in training mode is refused too
+    with pytest.raises(RuntimeError, match="training mode"):
+        fuse(model)
+    fused = fuse(model.eval())
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fused.train()
+    fused.eval()  # allowed
+
+
+def test_fused_model_keeps_the_api_and_detections():
+    model = small("root_resnet_tiny")
+    fused = fuse(model)
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for a, b in zip(model(x), fused(x)):
+            assert a.shape == b.shape
+    img = (torch.rand(3, 90, 70, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8)
+    res = fused.predict([img])
+    assert len(res) == 1 and set(res[0]) == {"boxes", "scores", "labels"}
+
+
+def test_unfusable_patterns_are_left_unfused_and_reported():
+    block = ConvBNAct(4, 8, 3)
+    block.conv = nn.Conv2d(4, 8, 3, padding=1, bias=False, padding_mode="reflect")
+    model = nn.Sequential(block, ConvBNAct(8, 8, 3), nn.BatchNorm2d(8), BasicBlock(8, 8)).eval()
+    randomise_batch_norms(model)
+    with pytest.warns(UserWarning, match="left unfused: 0 .*padding_mode='reflect'.*2 \\(BatchNorm outside"):
+        fused = fuse(model)
+    names = [n for n, _ in fused.fuse_report.unfused]
+    assert names == ["0", "2"] and fused.fuse_report.fused == ["1", "3"]
+    assert isinstance(fused[0], ConvBNAct) and isinstance(fused[3], FusedBasicBlock)
+    x = torch.randn(2, 4, 9, 9)
+    with torch.no_grad():
+        assert rel_err(fused(x), model(x)) < 1e-5
+
+
+def test_conv_without_batch_norm_is_fused_with_its_bias():
+    model = nn.Sequential(ConvBNAct(3, 6, 3, bn=False, act=True), ConvBNAct(6, 6, 1, bn=False, act=False)).eval()
+    fused = fuse(model)
+    assert all(isinstance(m, FusedConvAct) for m in fused) and fused[0].bias is not None
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert rel_err(fused(x), model(x)) < 1e-6
+
+
+def _train_briefly(model, steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        images = torch.randn(4, 3, model.image_size, model.image_size, generator=g)
+        xy = torch.rand(4, 3, 2, generator=g) * 0.6
+        boxes = torch.cat([xy, xy + 0.1 + torch.rand(4, 3, 2, generator=g) * 0.3], -1)
+        labels = torch.randint(1, model.num_classes, (4, 3), generator=g)
+        loss = model(images, {"boxes": boxes, "labels": labels})["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_detections_identical_on_a_briefly_trained_model():
+    torch.manual_seed(0)
+    model = _train_briefly(build_model("root_resnet_tiny", num_classes=4), steps=30)
+    fused = fuse(model)
+    images = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        loc, logits = model.forward_raw(images)
+        floc, flogits = fused.forward_raw(images)
+        assert rel_err(floc, loc) < 1e-4 and rel_err(flogits, logits) < 1e-4
+        ref = model(images)
+        out = fused(images)
+        fast = FastPredictor(model)(images)
+    assert int(ref[3].sum()) > 0
+    # The fused model (same memory format, same conv algorithm): identical detections.
+    assert torch.equal(ref[3], out[3]) and torch.equal(ref[2], out[2])
+    torch.testing.assert_close(out[0], ref[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[1], ref[1], rtol=0, atol=1e-5)
+    # The fast path runs channels_last convs, which sum in another order: near-equal scores may
+    # swap places, so compare per image the count, the scores in order and the labels as a multiset.
+    assert torch.equal(ref[3], fast[3])
+    torch.testing.assert_close(fast[1], ref[1], rtol=0, atol=1e-5)
+    for b in range(images.shape[0]):
+        n = int(ref[3][b])
+        assert torch.equal(torch.bincount(fast[2][b, :n]), torch.bincount(ref[2][b, :n]))
+
+
+def test_fast_predictor_cpu_matches_predict():
+    model = small("root_resnet_tiny")
+    predictor = FastPredictor(model)
+    assert predictor.model.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    imgs = [(torch.rand(3, 100, 120, generator=torch.Generator().manual_seed(i)) * 255).to(torch.uint8)
+            for i in range(2)]
+    ref = model.predict(imgs)
+    out = predictor.predict(imgs)
+    for r, o in zip(ref, out):
+        assert torch.equal(r["labels"], o["labels"])
+        torch.testing.assert_close(o["boxes"], r["boxes"], rtol=0, atol=1e-3)
+    assert scratchdet.FastPredictor is FastPredictor
+    with pytest.raises(ValueError, match="cuda_graph=True needs a model on a CUDA device"):
+        FastPredictor(model, cuda_graph=True)
+
+
+def test_fuse_is_the_package_api():
+    assert scratchdet.fuse is fuse
+
+
+# ---------------------------------------------------------------- CUDA (run by the GPU check script)
+# Tolerances for the reduced-precision fast path, against the fp32 unfused model, as max|d| / max|ref|
+# of the raw outputs: fp16 2e-2, bf16 8e-2 (bf16 keeps 8 mantissa bits; errors add up over ~40 convs).
+CUDA_TOL = {torch.float16: 2e-2, torch.bfloat16: 8e-2}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_reduced_precision_fast_path(dtype):
+    model = small("root_resnet18_ssd300").cuda()
+    x = torch.randn(2, 3, 300, 300, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    with torch.no_grad():
+        ref = model.forward_raw(x)
+        fused32 = fuse(model).forward_raw(x)
+        pred = FastPredictor(model, dtype=dtype)
+        out = pred.model.forward_raw(pred._prepare(x))
+    for r, f32, o in zip(ref, fused32, out):
+        assert rel_err(f32, r) < 1e-4
+        assert o.dtype == dtype and rel_err(o.float(), r) < CUDA_TOL[dtype]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_graph_capture_matches_eager(dtype):
+    model = small("root_resnet_tiny").cuda()
+    x = torch.randn(2, 3, 128, 128, device="cuda")
+    plain = FastPredictor(model, dtype=dtype)
+    graphed = FastPredictor(model, dtype=dtype, cuda_graph=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # detect may fall back to a network-only graph
+        a, b = plain(x), graphed(x)
+        c = graphed(x * 0.5)             # replay with new data
+    assert graphed.graph_scope in ("network+detect", "network")
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    for u, v in zip(plain(x * 0.5), c):
+        assert torch.equal(u, v)
