@@ -94,7 +94,13 @@ def test_eval_detect_export_plot_on_the_demo_model(demo_run, tmp_path):
                    "--score-threshold", "0.0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "det" / (os.path.splitext(one)[0] + "_det.png")).exists()
-    assert json.loads((tmp_path / "det" / "detections.json").read_text())
+    plain = json.loads((tmp_path / "det" / "detections.json").read_text())
+    assert plain
+    proc = run_cli("detect", os.path.join(images, one), "--weights", weights, "--out", str(tmp_path / "fast"),
+                   "--score-threshold", "0.0", "--fast")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fast = json.loads((tmp_path / "fast" / "detections.json").read_text())
+    assert len(fast[os.path.join(images, one)]) == len(plain[os.path.join(images, one)])
 
     proc = run_cli("export", "--weights", weights, "--out", str(tmp_path / "exp"))
     assert proc.returncode == 0, proc.stderr[-3000:]

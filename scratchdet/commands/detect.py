@@ -48,13 +48,17 @@ def run(args):
     out = writable_dir(args.out)
     model = load_model(args.weights, pick_device(args.device))
     names = getattr(model, "class_names", None) or [str(i) for i in range(1, model.num_classes)]
+    predictor = model
+    if args.fast:
+        from ..models.fast_inference import FastPredictor
+        predictor = FastPredictor(model)  # BN folded, conv+residual+ReLU fused, channels_last
     results = {}
     for path in files:
         try:
             image = Image.open(path).convert("RGB")
         except (OSError, UnidentifiedImageError) as exc:
             raise CLIError(f"cannot read image {path}: {exc}") from None
-        pred = model.predict([image], **({"fast": True} if args.fast else {}))[0]
+        pred = predictor.predict([image])[0]
         drawn = draw_detections(image, pred["boxes"], pred["labels"], pred["scores"], names, args.score_threshold)
         target = os.path.join(out, os.path.splitext(os.path.basename(path))[0] + "_det.png")
         to_pil_image(drawn).save(target)
