@@ -16,7 +16,7 @@ import scratchdet
 from scratchdet.ops import reference
 from conftest import cuda_timer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))  # for the ssd300_priors helper
 from ssd300_priors import ssd300_priors  # noqa: E402
 
 BATCH = 32
