@@ -20,6 +20,14 @@ SD_HOST_DEVICE T sd_max(T a, T b) { return a > b ? a : b; }
 template <typename T>
 SD_HOST_DEVICE T sd_min(T a, T b) { return a < b ? a : b; }
 
+// The smallest positive normal number (std::numeric_limits::min, usable on the device).
+template <typename T>
+SD_HOST_DEVICE T min_normal();
+template <>
+SD_HOST_DEVICE float min_normal<float>() { return 1.17549435082228750797e-38f; }
+template <>
+SD_HOST_DEVICE double min_normal<double>() { return 2.22507385850720138309e-308; }
+
 // Area of an (x1, y1, x2, y2) box, with no +1 and no clamping, as torchvision.
 template <typename T>
 SD_HOST_DEVICE T box_area(T x1, T y1, T x2, T y2) {
@@ -35,7 +43,10 @@ SD_HOST_DEVICE T iou_xyxy(T ax1, T ay1, T ax2, T ay2, T area_a,
   const T h = sd_max(sd_min(ay2, by2) - sd_max(ay1, by1), T(0));
   const T inter = w * h;
   const T uni = area_a + area_b - inter;
-  return uni > T(0) ? inter / uni : T(0);
+  // Branch-free so that loops over boxes vectorise (a division under a branch
+  // may not be speculated): where uni <= 0 (or NaN) this is 0 / min_normal = 0.
+  // Differs from inter / uni only for 0 < uni < the smallest normal number.
+  return (uni > T(0) ? inter : T(0)) / sd_max(uni, min_normal<T>());
 }
 
 template <typename T>
@@ -74,6 +85,32 @@ SD_HOST_DEVICE void decode(const T* loc, const T* prior, T v0, T v1, T* out) {
   out[1] = cy - h / T(2);
   out[2] = out[0] + w;
   out[3] = out[1] + h;
+}
+
+}  // namespace math
+}  // namespace scratchdet
+
+namespace scratchdet {
+namespace math {
+
+// True for finite x (inf - inf and NaN - NaN are NaN); needs no <cmath> on the device.
+template <typename T>
+SD_HOST_DEVICE bool is_finite(T x) {
+  return x - x == T(0);
+}
+
+// A prior (cx, cy, w, h) match_priors accepts: finite, with positive width and height.
+template <typename T>
+SD_HOST_DEVICE bool is_valid_prior(const T* c) {
+  return is_finite(c[0]) && is_finite(c[1]) && is_finite(c[2]) && is_finite(c[3]) && c[2] > T(0) &&
+         c[3] > T(0);
+}
+
+// A ground-truth (x1, y1, x2, y2) box match_priors accepts: finite, x2 > x1 and y2 > y1.
+template <typename T>
+SD_HOST_DEVICE bool is_valid_gt_box(const T* b) {
+  return is_finite(b[0]) && is_finite(b[1]) && is_finite(b[2]) && is_finite(b[3]) && b[2] > b[0] &&
+         b[3] > b[1];
 }
 
 }  // namespace math

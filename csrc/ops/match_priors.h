@@ -1,0 +1,78 @@
+#pragma once
+// Argument checks for match_priors, shared by the CPU and CUDA kernels. They
+// make the same checks, in the same order, with the same wording, as
+// scratchdet.ops.reference.check_match_priors_args.
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/ArrayRef.h>
+
+#include <cstdint>
+#include <limits>
+
+#include "common/checks.h"
+
+namespace scratchdet {
+
+constexpr int64_t kMaxMatchLabel = (int64_t{1} << 31) - 1;
+
+// What a kernel learns about its data before matching: filled by one scan on
+// the CPU, by one small kernel (and one device->host copy) on CUDA.
+struct MatchPriorsDataSummary {
+  bool priors_invalid = false;       // a prior not finite, or with w <= 0 or h <= 0
+  int64_t max_label = std::numeric_limits<int64_t>::min();
+  int64_t first_invalid_gt = -1;     // flat index b * G + g of the first invalid valid GT, or -1
+};
+
+// The shape, dtype, device and scalar checks; no data is read.
+inline void check_match_priors_args(const at::Tensor& priors, const at::Tensor& gt_boxes,
+                                    const at::Tensor& gt_labels, double iou_threshold,
+                                    c10::ArrayRef<double> variances) {
+  constexpr const char* op = "match_priors";
+  check_dim(priors, 2, op, "priors", "[P, 4]");
+  check_last_dim(priors, 4, op, "priors", "[P, 4]");
+  check_dim(gt_boxes, 3, op, "gt_boxes", "[B, G, 4]");
+  check_last_dim(gt_boxes, 4, op, "gt_boxes", "[B, G, 4]");
+  check_dim(gt_labels, 2, op, "gt_labels", "[B, G]");
+  check_floating(priors, op, "priors");
+  check_floating(gt_boxes, op, "gt_boxes");
+  TORCH_CHECK(gt_labels.scalar_type() == at::kLong, op, ": expected gt_labels to be int64, got ",
+              gt_labels.scalar_type());
+  TORCH_CHECK(gt_labels.size(0) == gt_boxes.size(0) && gt_labels.size(1) == gt_boxes.size(1), op,
+              ": expected gt_labels of shape [B, G] = [", gt_boxes.size(0), ", ", gt_boxes.size(1),
+              "] to match gt_boxes, got shape ", gt_labels.sizes());
+  check_same_device(priors, gt_boxes, op, "priors", "gt_boxes");
+  check_same_device(gt_boxes, gt_labels, op, "gt_boxes", "gt_labels");
+  TORCH_CHECK(iou_threshold >= 0.0 && iou_threshold <= 1.0, op,
+              ": expected iou_threshold in [0, 1], got ", iou_threshold);
+  TORCH_CHECK(variances.size() == 2 && variances[0] > 0.0 && variances[1] > 0.0, op,
+              ": expected two positive variances, got ", variances);
+  // The kernels index priors and GTs with 32-bit integers.
+  TORCH_CHECK(priors.size(0) <= kMaxMatchLabel && gt_boxes.size(1) <= kMaxMatchLabel, op,
+              ": expected fewer than 2^31 priors and GTs per image, got P = ", priors.size(0),
+              " and G = ", gt_boxes.size(1));
+}
+
+// The dtype every output and every computation uses: float32 for half inputs,
+// float64 if either box tensor is float64 (as the reference).
+inline at::ScalarType match_priors_compute_type(const at::Tensor& priors, const at::Tensor& gt_boxes) {
+  return c10::promoteTypes(c10::promoteTypes(priors.scalar_type(), gt_boxes.scalar_type()), at::kFloat);
+}
+
+// Raise the first data error the summary records, in the reference's order.
+// gt_boxes is the caller's tensor (any device), read only on the error path.
+inline void check_match_priors_data(const MatchPriorsDataSummary& s, const at::Tensor& gt_boxes) {
+  constexpr const char* op = "match_priors";
+  TORCH_CHECK(!s.priors_invalid, op, ": priors must be finite with positive width and height");
+  TORCH_CHECK(s.max_label <= kMaxMatchLabel, op, ": gt_labels must be < 2^31, got ", s.max_label);
+  if (s.first_invalid_gt >= 0) {
+    const int64_t G = gt_boxes.size(1);
+    const int64_t b = s.first_invalid_gt / G, g = s.first_invalid_gt % G;
+    const at::Tensor box = gt_boxes.select(0, b).select(0, g).to(at::kCPU, at::kDouble);
+    const double* v = box.const_data_ptr<double>();
+    TORCH_CHECK(false, op, ": invalid ground-truth box [", v[0], ", ", v[1], ", ", v[2], ", ", v[3],
+                "] at image ", b, ", box ", g,
+                ": coordinates must be finite with x2 > x1 and y2 > y1");
+  }
+}
+
+}  // namespace scratchdet
