@@ -9,5 +9,6 @@ from ._extension import EXTENSION_LOADED, build_info
 from .box_iou import box_iou
 from .detect import detect
 from .match_priors import match_priors
+from .nms import batched_nms
 
-__all__ = ["EXTENSION_LOADED", "build_info", "reference", "box_iou", "match_priors", "detect"]
+__all__ = ["EXTENSION_LOADED", "build_info", "reference", "box_iou", "match_priors", "detect", "batched_nms"]
