@@ -10,6 +10,7 @@ from .box_iou import box_iou
 from .detect import detect
 from .match_priors import match_priors
 from .conv_bn_act import conv_bn_act
+from .nms import batched_nms
 
-__all__ = ["EXTENSION_LOADED", "build_info", "reference", "box_iou", "match_priors", "detect"]
-__all__ += ["conv_bn_act"]
+__all__ = ["EXTENSION_LOADED", "build_info", "reference", "box_iou", "match_priors", "detect", "batched_nms",
+           "conv_bn_act"]

@@ -10,7 +10,7 @@ import torch
 
 from ._checks import check_floating, check_same_device, check_same_dtype, check_shape
 
-__all__ = ["box_iou", "point_form", "encode", "decode", "match_priors", "detect"]
+__all__ = ["box_iou", "point_form", "encode", "decode", "match_priors", "batched_nms", "detect"]
 
 
 # --------------------------------------------------------------------------- box_iou
@@ -144,6 +144,82 @@ def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.
 
 
 # --------------------------------------------------------------------------- batched_nms / detect
+# torchvision.ops.batched_nms runs one NMS over class-offset boxes up to this
+# many box coordinates (boxes.numel()) and a per-class loop above it; the
+# offsets round the coordinates, so the spec follows the same switch.
+TORCHVISION_VANILLA_NUMEL = {"cpu": 4000, "cuda": 100_000}
+
+
+def _greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """torchvision's greedy NMS, written out: indices kept, by decreasing score.
+
+    Stable descending sort (NaN first, ties by lower index); the arithmetic is
+    torchvision's, op for op, in the boxes' dtype (std::max/min argument order
+    kept, so NaN coordinates behave alike), and "IoU > threshold" compares the
+    IoU widened to float64 with the threshold as a float64.
+    """
+    order = torch.sort(scores, descending=True, stable=True).indices
+    b = boxes[order]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    suppressed = torch.zeros(len(order), dtype=torch.bool, device=boxes.device)
+    zero = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
+    keep = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        r = b[i + 1:]
+        xx1 = torch.where(b[i, 0] < r[:, 0], r[:, 0], b[i, 0])   # std::max(ix1, x1[j])
+        yy1 = torch.where(b[i, 1] < r[:, 1], r[:, 1], b[i, 1])
+        xx2 = torch.where(r[:, 2] < b[i, 2], r[:, 2], b[i, 2])   # std::min(ix2, x2[j])
+        yy2 = torch.where(r[:, 3] < b[i, 3], r[:, 3], b[i, 3])
+        w = torch.where(zero < xx2 - xx1, xx2 - xx1, zero)
+        h = torch.where(zero < yy2 - yy1, yy2 - yy1, zero)
+        inter = w * h
+        overlap = inter / (area[i] + area[i + 1:] - inter)
+        suppressed[i + 1:] |= overlap.double() > iou_threshold
+    return order[torch.tensor(keep, dtype=torch.int64, device=boxes.device)]
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Per-class greedy NMS with exactly torchvision.ops.batched_nms's result.
+
+    Boxes of different ``idxs`` never suppress each other; a box is removed
+    when its IoU with a kept, higher-scoring box of its class is
+    > ``iou_threshold``. Returns the kept indices (int64) by decreasing score.
+    Equal scores: by increasing index up to 1000 boxes (4000 numel on CPU,
+    100k on CUDA); above, torchvision orders the kept indices with an unstable
+    ``torch.sort`` and so does this. Computed in the boxes' dtype, as
+    torchvision does (fp16/fp32/fp64).
+    """
+    op = "batched_nms"
+    check_shape(boxes, 2, 4, op, "boxes", "[N, 4]")
+    check_shape(scores, 1, None, op, "scores", "[N]")
+    check_shape(idxs, 1, None, op, "idxs", "[N]")
+    if boxes.dtype not in (torch.float16, torch.float32, torch.float64):
+        raise RuntimeError(f"{op}: expected boxes to be float16, float32 or float64, got {boxes.dtype}")
+    check_same_dtype(boxes, scores, op, "boxes", "scores")
+    if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
+        raise RuntimeError(f"{op}: expected idxs to be an integer tensor, got {idxs.dtype}")
+    if not (scores.shape[0] == idxs.shape[0] == boxes.shape[0]):
+        raise RuntimeError(f"{op}: expected boxes [N, 4], scores [N] and idxs [N] to agree on N, got "
+                           f"{list(boxes.shape)}, {list(scores.shape)} and {list(idxs.shape)}")
+    check_same_device(boxes, scores, op, "boxes", "scores")
+    check_same_device(boxes, idxs, op, "boxes", "idxs")
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    if boxes.numel() <= TORCHVISION_VANILLA_NUMEL.get(boxes.device.type, 100_000):
+        offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
+        return _greedy_nms(boxes + offsets[:, None], scores, iou_threshold)
+    keep_mask = torch.zeros_like(scores, dtype=torch.bool)
+    for c in torch.unique(idxs):
+        members = torch.where(idxs == c)[0]
+        keep_mask[members[_greedy_nms(boxes[members], scores[members], iou_threshold)]] = True
+    kept = torch.where(keep_mask)[0]
+    # Not stable, as in torchvision: equal scores come in torch.sort's order.
+    return kept[torch.sort(scores[kept], descending=True).indices]
+
+
 def check_detect_args(loc, logits, priors, variances, score_threshold, nms_threshold, top_k, keep_top_k) -> None:
     op = "detect"
     check_shape(loc, 3, 4, op, "loc", "[B, P, 4]")
@@ -177,8 +253,13 @@ def detect(loc: torch.Tensor, logits: torch.Tensor, priors: torch.Tensor, varian
     lower prior index, then the lower class.
 
     Non-finite input: a prior whose logits are not all finite, or whose decoded
-    box is not finite, yields no detection (its scores count as 0), so NaN/inf
-    never reach the output.
+    (and clipped) box is not finite, yields no detection, whatever the
+    threshold, so NaN/inf never reach the output.
+
+    NMS runs per class with ``torchvision.ops.nms`` on the decoded boxes (what
+    ``batched_nms`` does above 1000 boxes). ``batched_nms`` on fewer boxes
+    shifts them by class first, which rounds coordinates and can move an IoU
+    sitting on the threshold, so the spec does not depend on that size switch.
     """
     check_detect_args(loc, logits, priors, variances, score_threshold, nms_threshold, top_k, keep_top_k)
     import torchvision  # the reference is written over torchvision's NMS on purpose
@@ -201,15 +282,14 @@ def detect(loc: torch.Tensor, logits: torch.Tensor, priors: torch.Tensor, varian
         cand_prior, cand_class = [], []
         for c in range(1, C):
             s = scores[b, :, c]
-            idx = (s > score_threshold).nonzero().squeeze(1)
+            idx = ((s > score_threshold) & finite[b]).nonzero().squeeze(1)
             order = torch.sort(s[idx], descending=True, stable=True).indices[:top_k]
-            cand_prior.append(idx[order])
-            cand_class.append(torch.full((order.numel(),), c, dtype=torch.int64, device=device))
+            keep = torchvision.ops.nms(boxes[b, idx[order]], s[idx[order]], nms_threshold)
+            cand_prior.append(idx[order][keep])
+            cand_class.append(torch.full((keep.numel(),), c, dtype=torch.int64, device=device))
         prior_idx, cls = torch.cat(cand_prior), torch.cat(cand_class)
         if prior_idx.numel() == 0:
             continue
-        keep = torchvision.ops.batched_nms(boxes[b, prior_idx], scores[b, prior_idx, cls], cls, nms_threshold)
-        prior_idx, cls = prior_idx[keep], cls[keep]
         sc = scores[b, prior_idx, cls]
         # score descending, then lower prior index, then lower class: stable sorts, last key first
         order = torch.sort(cls, stable=True).indices

@@ -87,6 +87,55 @@ SD_HOST_DEVICE void decode(const T* loc, const T* prior, T v0, T v1, T* out) {
   out[3] = out[1] + h;
 }
 
+// decode() with exp(loc[2:] * v1) given (ew, eh): detect takes the exp from
+// ATen so that its boxes are bit-identical to the reference's.
+template <typename T>
+SD_HOST_DEVICE void decode_given_exp(const T* loc, const T* prior, T v0, T ew, T eh, T* out) {
+  const T cx = prior[0] + loc[0] * v0 * prior[2];
+  const T cy = prior[1] + loc[1] * v0 * prior[3];
+  const T w = prior[2] * ew;
+  const T h = prior[3] * eh;
+  out[0] = cx - w / T(2);
+  out[1] = cy - h / T(2);
+  out[2] = out[0] + w;
+  out[3] = out[1] + h;
+}
+
+// torch.clamp(x, 0, 1), NaN kept.
+template <typename T>
+SD_HOST_DEVICE T clamp01(T x) {
+  return x < T(0) ? T(0) : (x > T(1) ? T(1) : x);
+}
+
+// NMS overlap test with torchvision's nms arithmetic, op for op (std::max and
+// std::min argument order included, so NaN coordinates behave the same):
+// box a is the kept, higher-scoring box. T may be c10::Half, whose operators
+// round every step to half as torchvision's CPU kernel does.
+template <typename T>
+SD_HOST_DEVICE T tv_max(T a, T b) { return a < b ? b : a; }
+template <typename T>
+SD_HOST_DEVICE T tv_min(T a, T b) { return b < a ? b : a; }
+
+template <typename T>
+SD_HOST_DEVICE T nms_overlap(T ax1, T ay1, T ax2, T ay2, T area_a,
+                             T bx1, T by1, T bx2, T by2, T area_b) {
+  const T xx1 = tv_max(ax1, bx1);
+  const T yy1 = tv_max(ay1, by1);
+  const T xx2 = tv_min(ax2, bx2);
+  const T yy2 = tv_min(ay2, by2);
+  const T w = tv_max(static_cast<T>(0), static_cast<T>(xx2 - xx1));
+  const T h = tv_max(static_cast<T>(0), static_cast<T>(yy2 - yy1));
+  const T inter = w * h;
+  return inter / static_cast<T>(static_cast<T>(area_a + area_b) - inter);
+}
+
+// "IoU > threshold" as torchvision compares it: the IoU widened to double.
+template <typename T>
+SD_HOST_DEVICE bool nms_suppresses(T overlap, double threshold) {
+  return static_cast<double>(static_cast<float>(overlap)) > threshold;
+}
+SD_HOST_DEVICE bool nms_suppresses(double overlap, double threshold) { return overlap > threshold; }
+
 }  // namespace math
 }  // namespace scratchdet
 
