@@ -34,6 +34,7 @@ class TrainConfig:
     max_iters: int = 100_000
     grad_clip: float = 0.0               # 0: off; else max L2 norm
     amp: bool = True                     # used on CUDA only
+    channels_last: bool = True           # NHWC activations: ~1.7x faster convs on CPU (oneDNN), tensor cores on GPU
     max_bad_steps: int = 10              # abort after this many non-finite steps in a row
     # bookkeeping
     seed: int = 0
@@ -74,7 +75,7 @@ PRESETS: dict[str, dict] = {
                                max_iters=400_000, milestones=(0.7, 0.9), eval_every=20_000, ckpt_every=5000,
                                model_overrides={"prior_preset": "coco"}),
     # The README demo: a tiny Root-ResNet SSD on the synthetic shapes data, on 2 CPU cores.
-    "demo": dict(model="root_resnet_tiny", dataset="synth", batch_size=32, lr=0.05, warmup_iters=100,
+    "demo": dict(model="root_resnet_demo", dataset="synth", batch_size=32, lr=0.05, warmup_iters=100,
                  schedule="cosine", max_iters=1500, eval_every=500, ckpt_every=250, workers=2),
 }
 

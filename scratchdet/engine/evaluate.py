@@ -6,7 +6,8 @@ from torch.utils.data import DataLoader, Subset
 
 
 @torch.no_grad()
-def predict_dataset(model, dataset, batch_size: int = 16, device="cpu", max_images: int = 0, workers: int = 0):
+def predict_dataset(model, dataset, batch_size: int = 16, device="cpu", max_images: int = 0, workers: int = 0,
+                    memory_format=torch.contiguous_format):
     """Detections and annotations per image, boxes in original pixel coordinates."""
     from ..data import collate_detection
 
@@ -20,7 +21,7 @@ def predict_dataset(model, dataset, batch_size: int = 16, device="cpu", max_imag
     detections, annotations = [], []
     try:
         for images, targets, metas in loader:
-            boxes, scores, labels, num = model(images.to(device))
+            boxes, scores, labels, num = model(images.to(device).contiguous(memory_format=memory_format))
             boxes, scores, labels, num = boxes.cpu(), scores.cpu(), labels.cpu(), num.cpu()
             for i, meta in enumerate(metas):
                 h, w = meta["orig_size"]
@@ -42,10 +43,10 @@ def predict_dataset(model, dataset, batch_size: int = 16, device="cpu", max_imag
 
 
 def evaluate_model(model, dataset, batch_size: int = 16, device="cpu", max_images: int = 0, workers: int = 0,
-                   use_07_metric: bool = True) -> dict:
+                   use_07_metric: bool = True, memory_format=torch.contiguous_format) -> dict:
     from ..evaluation import voc_eval
 
-    detections, annotations = predict_dataset(model, dataset, batch_size, device, max_images, workers)
+    detections, annotations = predict_dataset(model, dataset, batch_size, device, max_images, workers, memory_format)
     result = voc_eval(detections, annotations, iou_threshold=0.5, use_07_metric=use_07_metric)
     result["num_images"] = len(detections)
     result["detections"], result["annotations"] = detections, annotations

@@ -54,6 +54,8 @@ class Trainer:
         self.train_set, self.val_set, self.classes = train_set, val_set, classes
         self.model = build_model(cfg.model, num_classes=len(classes) + 1, **cfg.model_overrides).to(self.device)
         self.model.class_names = list(classes)  # saved with the weights by scratchdet.save
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
         if self.dist.enabled and self.device.type == "cuda":
             # SyncBN needs a GPU; on CPU (gloo) BN stays per-rank and DDP broadcasts rank 0's buffers.
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -144,7 +146,8 @@ class Trainer:
         self._sync_buffers()
         if self.dist.is_main and self.val_set is not None:
             result = evaluate_model(self.model, self.val_set, batch_size=self.cfg.batch_size, device=self.device,
-                                    max_images=self.cfg.eval_max_images, workers=self.cfg.workers)
+                                    max_images=self.cfg.eval_max_images, workers=self.cfg.workers,
+                                    memory_format=self.memory_format)
             self.history_map.append((self.iteration, result["map"]))
             self.metrics.write({"iter": self.iteration, "map": result["map"], "eval": True})
             if result["map"] > self.best_map:
@@ -179,7 +182,7 @@ class Trainer:
         cfg = self.cfg
         lr = self._set_lr()
         self.net.train()
-        images = images.to(self.device, non_blocking=True)
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items() if torch.is_tensor(v)}
         with torch.autocast(self.device.type, enabled=self.use_amp):
             losses = self.net(images, targets)

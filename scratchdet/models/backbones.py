@@ -36,12 +36,14 @@ def conv_out_size(n: int, kernel: int, stride: int = 1, padding: int = 0, dilati
 class ResNetBackbone(nn.Module):
     """ResNet with BasicBlocks; ``stem`` picks (a)/(b)/(c) or the Root-ResNet root block.
 
-    Stages have ``width * (1, 2, 4, 8)`` channels and strides 1, 2, 2, 2.
+    Stages have ``width * (1, 2, 4, 8)`` channels and strides 1, 2, 2, 2. The root
+    block's three full-resolution convs have ``root_width`` channels (default
+    ``width``); a narrower root is the cheap way to keep Root-ResNet's stride-1 input on a CPU.
     ``source_stages`` (1-based) are the stages whose outputs are SSD sources.
     """
 
     def __init__(self, blocks: Sequence[int] = (2, 2, 2, 2), stem: str = "root", width: int = 64,
-                 source_stages: Sequence[int] = (3, 4), bn: bool = True):
+                 source_stages: Sequence[int] = (3, 4), bn: bool = True, root_width: int | None = None):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; expected one of {sorted(STEMS)}")
@@ -50,13 +52,16 @@ class ResNetBackbone(nn.Module):
                              f"source_stages={tuple(source_stages)}")
         self.stem_name = stem
         self.source_stages = tuple(sorted(source_stages))
+        stem_width = width
         if stem == "root":
-            self.stem = nn.Sequential(ConvBNAct(3, width, 3, 1, bn=bn), ConvBNAct(width, width, 3, 1, bn=bn),
-                                      ConvBNAct(width, width, 3, 1, bn=bn))
+            stem_width = root_width or width
+            self.stem = nn.Sequential(ConvBNAct(3, stem_width, 3, 1, bn=bn),
+                                      ConvBNAct(stem_width, stem_width, 3, 1, bn=bn),
+                                      ConvBNAct(stem_width, stem_width, 3, 1, bn=bn))
         else:
             self.stem = nn.Sequential(ConvBNAct(3, width, 7, 1 if stem == "c" else 2, padding=3, bn=bn))
         self.stage_channels = [width * m for m in (1, 2, 4, 8)]
-        stages, in_ch = [], width
+        stages, in_ch = [], stem_width
         for i, (n, out_ch) in enumerate(zip(blocks[:max(self.source_stages)], self.stage_channels)):
             stride = 1 if i == 0 else 2
             layers = [BasicBlock(in_ch, out_ch, stride, bn=bn)]

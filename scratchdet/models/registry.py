@@ -22,6 +22,7 @@ _DEFAULTS = dict(
     blocks=None,                   # BasicBlocks per stage, overrides depth
     stem="root",                   # "a", "b", "c" (the paper's ResNet-18 ablations) or "root"
     width=64,                      # channels of the first stage (VGG: of conv1)
+    root_width=None,               # channels of the Root-ResNet root block (default: width)
     extra_channels=128,            # channels of the residual extra layers (ResNet family)
     source_stages=(3, 4),          # ResNet stages used as sources (1-based)
     extra_paddings=(1, 1, 1, 0),   # one extra layer per entry: 1 halves the size, 0 takes 3 -> 1
@@ -49,6 +50,9 @@ PRESETS: dict[str, dict] = {
     # small CPU presets: the same Root-ResNet SSD (root block, BN in backbone and head, six sources)
     "root_resnet_tiny": dict(blocks=(1, 1, 1, 1), stem="root", width=16, extra_channels=32, image_size=128,
                              source_stages=(2, 3, 4), extra_paddings=(1, 1, 1)),
+    # the README demo: a narrow full-resolution root block keeps 2-core CPU training to minutes
+    "root_resnet_demo": dict(blocks=(1, 1, 1, 1), stem="root", root_width=8, width=16, extra_channels=32,
+                             image_size=128, source_stages=(2, 3, 4), extra_paddings=(1, 1, 1)),
     "root_resnet_small": dict(blocks=(1, 1, 1, 1), stem="root", width=32, extra_channels=64, image_size=128,
                               source_stages=(2, 3, 4), extra_paddings=(1, 1, 1)),
 }
@@ -63,6 +67,7 @@ _DESCRIPTIONS = {
     "vgg16_ssd300": "VGG16 SSD300, BN switchable (bn_backbone, bn_head)",
     "root_resnet_tiny": "tiny Root-ResNet SSD for CPU demos/tests (128 px, width 16)",
     "root_resnet_small": "small Root-ResNet SSD for CPU (128 px, width 32)",
+    "root_resnet_demo": "the demo's Root-ResNet SSD (128 px, root width 8, width 16)",
 }
 
 
@@ -101,7 +106,8 @@ def build_model(name: str, num_classes: int | None = None, **overrides) -> SSD:
         blocks = cfg["blocks"] or RESNET_BLOCKS.get(cfg["depth"])
         if blocks is None:
             raise ValueError(f"depth must be one of {sorted(RESNET_BLOCKS)} (or give blocks), got {cfg['depth']}")
-        backbone = ResNetBackbone(blocks, cfg["stem"], cfg["width"], cfg["source_stages"], bn=cfg["bn_backbone"])
+        backbone = ResNetBackbone(blocks, cfg["stem"], cfg["width"], cfg["source_stages"], bn=cfg["bn_backbone"],
+                                  root_width=cfg["root_width"])
         extras = residual_extras(backbone.out_channels[-1], cfg["extra_channels"], cfg["extra_paddings"],
                                  bn=cfg["bn_backbone"])
         extra_channels = [cfg["extra_channels"]] * len(cfg["extra_paddings"])
