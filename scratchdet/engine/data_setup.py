@@ -35,7 +35,10 @@ def build_datasets(cfg: TrainConfig, dist: DistInfo | None = None):
     from ..data import COCODataset, SSDTransform, VOCDataset
 
     size = model_image_size(cfg)
-    train_tf = SSDTransform(size, train=True, seed=cfg.seed)
+    try:
+        train_tf = SSDTransform(size, train=True, seed=cfg.seed, **cfg.augment)
+    except TypeError as exc:
+        raise ValueError(f"bad augment option: {exc}") from None
     val_tf = SSDTransform(size, train=False)
     if cfg.dataset in ("voc", "synth"):
         if not cfg.data_root:
