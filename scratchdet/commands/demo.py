@@ -6,6 +6,7 @@ split, and writes a picture of detections, the training curves and summary.json.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -15,7 +16,7 @@ from ..cli import CLIError
 
 def register(sub):
     p = sub.add_parser("demo", help="train a small detector from scratch on synthetic data, evaluate, draw",
-                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--train", type=int, default=None, help="synthetic training images")
     p.add_argument("--val", type=int, default=None, help="synthetic held-out images")
@@ -47,6 +48,8 @@ def run(args):
     base = QUICK if args.quick else DEFAULTS
     n_train = args.train or base["train"]
     n_val = args.val or base["val"]
+    if n_train < 1 or n_val < 1:
+        raise CLIError(f"--train and --val must be >= 1, got {n_train} and {n_val}")
     overrides = [f"data_root={os.path.join(out, 'data')}", f"out_dir={os.path.join(out, 'run')}",
                  f"seed={args.seed}"]
     max_iters = args.max_iters or base["max_iters"]
@@ -67,7 +70,10 @@ def run(args):
 
     print(f"[2/4] training {cfg.model} from scratch for {cfg.max_iters} iterations (batch {cfg.batch_size}, "
           f"lr {cfg.lr}, {torch.get_num_threads()} threads)")
-    trainer = Trainer(cfg, dist_info=init_distributed(pick_device(args.device)))
+    try:
+        trainer = Trainer(cfg, dist_info=init_distributed(pick_device(args.device)))
+    except (ValueError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from None
     summary = trainer.train()
     if summary.get("interrupted"):
         print(f"interrupted; resume with: scratchdet train --config demo --data {cfg.data_root} "

@@ -1,6 +1,7 @@
 """`scratchdet train`: train a detector from scratch (single process or torchrun DDP)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -24,7 +25,7 @@ def register(sub):
     from ..engine.config import PRESETS
 
     p = sub.add_parser("train", help="train a detector from scratch", description=HELP,
-                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="demo", help=f"training preset: {', '.join(sorted(PRESETS))} (default: demo)")
     p.add_argument("--data", help="data folder (VOC layout; comma-separated roots are joined, e.g. 07+12)")
     p.add_argument("--out", help="run folder for checkpoints, metrics.jsonl and plots (default: runs/<config>)")
