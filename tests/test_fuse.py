@@ -145,10 +145,21 @@ def test_detections_identical_on_a_briefly_trained_model():
         out = fused(images)
         fast = FastPredictor(model)(images)
     assert int(ref[3].sum()) > 0
-    # The fused model (same memory format, same conv algorithm): identical detections.
-    assert torch.equal(ref[3], out[3]) and torch.equal(ref[2], out[2])
-    torch.testing.assert_close(out[0], ref[0], rtol=0, atol=1e-5)
+    # The fused model: the same detections. Folding BN changes the logits by ~1e-6, so two
+    # detections whose scores tie to that precision may trade places: compare the score order
+    # exactly and the rows as a set (sorted by label and box) within 1e-5.
+    assert torch.equal(ref[3], out[3])
     torch.testing.assert_close(out[1], ref[1], rtol=0, atol=1e-5)
+    for b in range(images.shape[0]):
+        n = int(ref[3][b])
+
+        def rows(det):
+            r = torch.cat([det[2][b, :n, None].double(), det[0][b, :n].double(), det[1][b, :n, None].double()], 1)
+            key = (r[:, :5] * 1e4).round()
+            order = sorted(range(n), key=lambda i: tuple(key[i].tolist()))
+            return r[order]
+
+        torch.testing.assert_close(rows(out), rows(ref), rtol=0, atol=1e-5)
     # The fast path runs channels_last convs, which sum in another order: near-equal scores may
     # swap places, so compare per image the count, the scores in order and the labels as a multiset.
     assert torch.equal(ref[3], fast[3])
