@@ -8,12 +8,9 @@ from .distributed import DistInfo, barrier
 
 
 def model_image_size(cfg: TrainConfig) -> int:
-    from ..models import build_model
+    from ..models.registry import resolve_config
 
-    size = cfg.model_overrides.get("image_size")
-    if size is None:
-        size = build_model(cfg.model, num_classes=2).config["image_size"]
-    return int(size)
+    return int(resolve_config(cfg.model, **cfg.model_overrides)["image_size"])
 
 
 def ensure_synthetic(root: str, num_train: int = 1200, num_val: int = 300, seed: int = 0,

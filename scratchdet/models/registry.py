@@ -87,15 +87,20 @@ def _plain(value):
     return value
 
 
-def build_model(name: str, num_classes: int | None = None, **overrides) -> SSD:
-    """Build the preset ``name`` with ``num_classes`` (background included; default 21 = VOC)
-    and any builder argument overridden (see ``_DEFAULTS`` in this module)."""
+def resolve_config(name: str, **overrides) -> dict:
+    """The builder arguments of preset ``name`` with ``overrides`` applied, without building the model."""
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     unknown = sorted(set(overrides) - set(_DEFAULTS))
     if unknown:
         raise TypeError(f"build_model: unknown argument(s) {unknown}; valid: {sorted(_DEFAULTS)}")
-    cfg = {**copy.deepcopy(_DEFAULTS), **PRESETS[name], **overrides}
+    return {**copy.deepcopy(_DEFAULTS), **PRESETS[name], **overrides}
+
+
+def build_model(name: str, num_classes: int | None = None, **overrides) -> SSD:
+    """Build the preset ``name`` with ``num_classes`` (background included; default 21 = VOC)
+    and any builder argument overridden (see ``_DEFAULTS`` in this module)."""
+    cfg = resolve_config(name, **overrides)
     if num_classes is not None:
         cfg["num_classes"] = int(num_classes)
     cfg = {k: _plain(v) for k, v in cfg.items()}
