@@ -36,7 +36,19 @@ def test_config_presets_and_overrides():
     assert "demo" in PRESETS
 
 
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_config_preset_resolves_its_model(preset):
+    from scratchdet.models.registry import resolve_config
+
+    cfg = make_config(preset)
+    resolved = resolve_config(cfg.model, **cfg.model_overrides)
+    for key, value in cfg.model_overrides.items():
+        assert resolved[key] == value
+
+
 @pytest.mark.parametrize("preset,overrides,match", [
+    ("demo", ["model=nope"], "unknown model 'nope'"),
+    ("demo", ['model_overrides={"prior_preset": "coco"}'], "unknown argument"),
     ("nope", [], "unknown config preset 'nope'; known presets"),
     ("demo", ["lrr=1"], "unknown training option 'lrr'"),
     ("demo", ["lr"], "not of the form key=value"),

@@ -255,6 +255,25 @@ def test_small_model_overfits_one_batch():
     assert loss.item() <= 0.2 * first, (first, loss.item())
 
 
+@pytest.mark.parametrize("bn_head", [True, False])
+def test_head_starts_at_the_background_prior(bn_head):
+    torch.manual_seed(0)
+    model = build_model("root_resnet_tiny", **{**TINY, "num_classes": 5}, bn_head=bn_head).eval()
+    if bn_head:  # eval-mode BN with fresh running stats is nearly the identity: beta carries the prior
+        assert all(torch.equal(h.bn.weight, torch.ones_like(h.bn.weight)) for h in model.conf_heads)
+    loc, logits = model.forward_raw(torch.randn(2, 3, 64, 64))
+    background = logits.softmax(-1)[..., 0]
+    if not bn_head:  # small predictor weights: every prior starts at ~0.99 background, offsets ~0
+        assert background.min() > 0.95 and background.max() < 0.999, (background.min(), background.max())
+        assert loc.abs().max() < 2.0             # a Kaiming-initialised predictor gives ~10x that
+    assert background.median() > 0.9
+    off = build_model("root_resnet_tiny", **{**TINY, "num_classes": 5}, bn_head=bn_head, background_prior=0.0)
+    bias = [h.conv.bias if h.bn is None else h.bn.bias for h in off.conf_heads]
+    assert all(float(b.abs().max()) == 0.0 for b in bias)
+    with pytest.raises(ValueError, match="background_prior must be in"):
+        build_model("root_resnet_tiny", **TINY, background_prior=1.0)
+
+
 # ------------------------------------------------------------------ save / load
 def test_save_load_round_trip(tmp_path):
     model = build_model("root_resnet_tiny", **TINY, zero_init_residual=True)

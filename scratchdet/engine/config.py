@@ -74,12 +74,11 @@ PRESETS: dict[str, dict] = {
                          eval_every=10_000, ckpt_every=2000),
     "root_resnet34_coco": dict(model="root_resnet34_ssd300", dataset="coco", batch_size=128, lr=0.05,
                                max_iters=400_000, milestones=(0.7, 0.9), eval_every=20_000, ckpt_every=5000,
-                               model_overrides={"prior_preset": "coco"}),
-    # The README demo: a tiny Root-ResNet SSD on the synthetic shapes data, on 2 CPU cores.
-    # Milder zoom-out than the paper's (4x): at 128 px a 4x expand shrinks the 8 px objects to 2 px.
-    # lr: the paper's 0.05 at batch 128, scaled linearly to batch 32 (0.05 itself stalls this tiny
-    # model at the constant-prediction loss on the demo data; measured, see README).
-    "demo": dict(model="root_resnet_demo", dataset="synth", batch_size=32, lr=0.0125, warmup_iters=100,
+                               model_overrides={"prior_sizes": "coco"}),
+    # The README demo: a tiny Root-ResNet SSD on the synthetic shapes data, on 2 CPU cores, at the
+    # paper's lr 0.05. Milder zoom-out than the paper's (4x): at 128 px a 4x expand shrinks the 8 px
+    # objects to 2 px.
+    "demo": dict(model="root_resnet_demo", dataset="synth", batch_size=32, lr=0.05, warmup_iters=100,
                  augment={"expand_prob": 0.3, "max_expand": 2.0, "min_crop": 0.5},
                  schedule="cosine", max_iters=800, eval_every=400, ckpt_every=400, workers=2),
 }
@@ -147,3 +146,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"dataset must be 'voc', 'coco' or 'synth', got {cfg.dataset!r}")
     if cfg.keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {cfg.keep_last}")
+    from ..models.registry import resolve_config
+    try:  # a typo in the model or its overrides fails here, not after the data set is built
+        resolve_config(cfg.model, **cfg.model_overrides)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"model / model_overrides: {exc}") from None
