@@ -3,7 +3,9 @@
 Anchors, same group, same run:
 - eager:       the unfused model (NCHW fp32) + a torchvision-style postprocess
 - torchscript: torch.jit.freeze + optimize_for_inference of the network + the same postprocess
-- fused:       FastPredictor (scratchdet.fuse, channels_last) + scratchdet.ops.detect
+- fused:       FastPredictor (scratchdet.fuse, channels_last) + scratchdet.ops.detect; on CPU its convs
+               run through oneDNN-prepacked weights (scratchdet.models.onednn)
+- fused_op:    the same, each conv through the scratchdet.conv_bn_act op (CPU)
 The ``network`` groups time the raw outputs only, so the conv fusion gain shows on its own.
 """
 import warnings
@@ -47,16 +49,19 @@ _CACHE = {}
 def _setup(device):
     if device not in _CACHE:
         torch.manual_seed(0)
-        model = build_model("root_resnet34_ssd300").eval().to(device)
+        # background_prior=0: an untrained model then scores many candidates over the 0.01 threshold,
+        # the worst case for the postprocess (with the prior init almost none pass)
+        model = build_model("root_resnet34_ssd300", background_prior=0.0).eval().to(device)
         x = torch.randn(1, 3, 300, 300, device=device)
         with torch.no_grad():
             ts = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(SSDRawOutputs(model).eval(), x)))
-        _CACHE[device] = (model, ts, FastPredictor(model))
+        fast_op = FastPredictor(model, onednn_prepack=False) if device == "cpu" else None
+        _CACHE[device] = (model, ts, FastPredictor(model), fast_op)
     return _CACHE[device]
 
 
 def _paths(device, batch):
-    model, ts, fast = _setup(device)
+    model, ts, fast, fast_op = _setup(device)
     x = torch.randn(batch, 3, 300, 300, device=device, generator=torch.Generator(device).manual_seed(batch))
     xc = x.contiguous(memory_format=torch.channels_last)
     priors = model.priors
@@ -64,16 +69,18 @@ def _paths(device, batch):
         "eager": lambda: torchvision_postprocess(*model.forward_raw(x), priors),
         "torchscript": lambda: torchvision_postprocess(*ts(x), priors),
         "fused": lambda: fast(xc),
+        "fused_op": lambda: fast_op(xc),
     }
     network = {
         "eager": lambda: model.forward_raw(x),
         "torchscript": lambda: ts(x),
         "fused": lambda: fast.model.forward_raw(xc),
+        "fused_op": lambda: fast_op.model.forward_raw(xc),
     }
     return end_to_end, network
 
 
-@pytest.mark.parametrize("impl", ["eager", "torchscript", "fused"])
+@pytest.mark.parametrize("impl", ["eager", "torchscript", "fused", "fused_op"])
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("scope", ["end_to_end", "network"])
 def test_fused_inference_cpu(benchmark, scope, batch, impl):
@@ -92,7 +99,7 @@ def test_fused_inference_cuda(benchmark, batch, impl):
     """GPU: eager fp32 + torchvision postprocess vs fp16 channels_last fused + CUDA graph (network + detect).
     Images/s at B=32 = 32 / mean time."""
     benchmark.group = f"fused inference cuda end_to_end B={batch}"
-    model, _, _ = _setup("cuda")
+    model = _setup("cuda")[0]
     x = torch.randn(batch, 3, 300, 300, device="cuda")
     if impl == "eager_fp32":
         fn = lambda: torchvision_postprocess(*model.forward_raw(x), model.priors)  # noqa: E731

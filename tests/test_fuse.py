@@ -8,7 +8,10 @@ import torch.nn as nn
 import scratchdet
 from scratchdet.models import BasicBlock, ConvBNAct, build_model, list_models
 from scratchdet.models.fast_inference import FastPredictor
-from scratchdet.models.fuse import FusedBasicBlock, FusedConvAct, fuse
+from scratchdet.models import onednn
+from scratchdet.models.fuse import FusedBasicBlock, FusedConvAct, fuse, use_onednn_prepack
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN")
 
 
 def randomise_batch_norms(model, seed=0):
@@ -54,6 +57,46 @@ def test_every_preset_matches_unfused_and_folds_every_batch_norm(name):
         out_cl = fused.forward_raw(x.contiguous(memory_format=torch.channels_last))
     for r, o, o_cl in zip(ref, out, out_cl):
         assert rel_err(o, r) < 1e-4 and rel_err(o_cl, r) < 1e-4
+    if onednn.available():  # the prepacked oneDNN path of the same fused model
+        assert use_onednn_prepack(fused) == len(report.fused) + sum(
+            (m.shortcut is not None) + 1 for m in fused.modules() if isinstance(m, FusedBasicBlock))
+        with torch.no_grad():
+            packed = fused.forward_raw(x.contiguous(memory_format=torch.channels_last))
+        for r, p in zip(ref, packed):
+            assert rel_err(p, r) < 1e-4
+
+
+@needs_onednn
+def test_onednn_prepack_reuses_weights_across_shapes_and_falls_back_where_it_must():
+    model = small("root_resnet_tiny")
+    fused = fuse(model)
+    use_onednn_prepack(fused)
+    conv = fused.backbone.stem[0]
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for batch, memory_format in [(1, torch.channels_last), (4, torch.contiguous_format), (2, torch.channels_last)]:
+            x = torch.randn(batch, 3, 64, 64, generator=g).contiguous(memory_format=memory_format)
+            ref, out = model.forward_raw(x), fused.forward_raw(x)
+            assert all(rel_err(o, r) < 1e-4 for o, r in zip(out, ref))
+        first = conv._packed
+        assert first is not None
+        fused.forward_raw(torch.randn(1, 3, 64, 64))
+        assert conv._packed is first                      # packed once, reused
+        conv.weight.mul_(1.0)                             # an in-place change repacks
+        fused.forward_raw(torch.randn(1, 3, 64, 64))
+        assert conv._packed is not first
+    # deep copies and pickles drop the opaque packed weight and repack on first use
+    clone = copy.deepcopy(fused)
+    assert clone.backbone.stem[0]._packed is None and clone.backbone.stem[0].prepack
+    # what the packed path does not take goes to the op, which names the problem
+    with pytest.raises(RuntimeError, match="conv_bn_act"):
+        fused.forward_raw(torch.randn(1, 5, 64, 64))
+    with torch.no_grad():                                  # float64 is not packed: the op's result
+        x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+        with pytest.raises(RuntimeError, match="conv_bn_act"):
+            fused.forward_raw(x)
+    use_onednn_prepack(fused, enabled=False)
+    assert not any(m.prepack for m in fused.modules() if isinstance(m, FusedConvAct))
 
 
 def test_original_model_untouched():
@@ -143,7 +186,8 @@ def test_detections_identical_on_a_briefly_trained_model():
         assert rel_err(floc, loc) < 1e-4 and rel_err(flogits, logits) < 1e-4
         ref = model(images)
         out = fused(images)
-        fast = FastPredictor(model)(images)
+        fast_op = FastPredictor(model, onednn_prepack=False)(images)
+        fast_packed = FastPredictor(model)(images) if onednn.available() else fast_op
     assert int(ref[3].sum()) > 0
     # The fused model: the same detections. Folding BN changes the logits by ~1e-6, so two
     # detections whose scores tie to that precision may trade places: compare the score order
@@ -162,17 +206,23 @@ def test_detections_identical_on_a_briefly_trained_model():
         torch.testing.assert_close(rows(out), rows(ref), rtol=0, atol=1e-5)
     # The fast path runs channels_last convs, which sum in another order: near-equal scores may
     # swap places, so compare per image the count, the scores in order and the labels as a multiset.
-    assert torch.equal(ref[3], fast[3])
-    torch.testing.assert_close(fast[1], ref[1], rtol=0, atol=1e-5)
-    for b in range(images.shape[0]):
-        n = int(ref[3][b])
-        assert torch.equal(torch.bincount(fast[2][b, :n]), torch.bincount(ref[2][b, :n]))
+    for fast in (fast_op, fast_packed):
+        assert torch.equal(ref[3], fast[3])
+        torch.testing.assert_close(fast[1], ref[1], rtol=0, atol=1e-5)
+        for b in range(images.shape[0]):
+            n = int(ref[3][b])
+            assert torch.equal(torch.bincount(fast[2][b, :n]), torch.bincount(ref[2][b, :n]))
 
 
 def test_fast_predictor_cpu_matches_predict():
     model = small("root_resnet_tiny")
     predictor = FastPredictor(model)
     assert predictor.model.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert predictor.conv_backend == ("onednn-prepacked" if onednn.available() else "conv_bn_act")
+    assert FastPredictor(model, onednn_prepack=False).conv_backend == "conv_bn_act"
+    with pytest.raises(ValueError, match="onednn_prepack=True is for float32 on CPU"), \
+            pytest.warns(UserWarning, match="meant for CUDA"):
+        FastPredictor(model, dtype=torch.float64, onednn_prepack=True)
     imgs = [(torch.rand(3, 100, 120, generator=torch.Generator().manual_seed(i)) * 255).to(torch.uint8)
             for i in range(2)]
     ref = model.predict(imgs)

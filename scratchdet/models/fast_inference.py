@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..constants import MEAN, STD
-from .fuse import fuse
+from . import onednn
+from .fuse import fuse, use_onednn_prepack
 
 __all__ = ["FastPredictor"]
 
@@ -33,10 +34,14 @@ class FastPredictor:
         cuda_graph: on CUDA, capture network + detect in one CUDA graph per batch shape
             and replay it. If ``detect`` cannot be captured (the reference fallback
             synchronises), only the network is captured and ``graph_scope`` says so.
+        onednn_prepack: on CPU in float32, run the fused convs through weights prepacked
+            once in oneDNN's layout (:mod:`scratchdet.models.onednn`) instead of the
+            ``conv_bn_act`` op. ``None`` (default): whenever this torch build has oneDNN.
+            ``conv_backend`` says which runs.
     """
 
     def __init__(self, model, dtype: torch.dtype = torch.float32, channels_last: bool = True,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, onednn_prepack: bool | None = None):
         self.model = model if hasattr(model, "fuse_report") else fuse(model)
         self.device = self.model.priors.device
         if dtype != torch.float32 and self.device.type != "cuda":
@@ -48,6 +53,17 @@ class FastPredictor:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(dtype=dtype, memory_format=self.memory_format)
         self.model.priors = self.model.priors.float()
+        cpu_fp32 = self.device.type == "cpu" and dtype == torch.float32
+        if onednn_prepack is None:
+            onednn_prepack = cpu_fp32 and onednn.available()
+        elif onednn_prepack and not cpu_fp32:
+            raise ValueError(f"FastPredictor: onednn_prepack=True is for float32 on CPU, got {dtype} on "
+                             f"{self.device.type}")
+        if onednn_prepack and self.model is model:      # never switch the caller's own fused model
+            import copy
+            self.model = copy.deepcopy(self.model)
+        use_onednn_prepack(self.model, bool(onednn_prepack))
+        self.conv_backend = "onednn-prepacked" if onednn_prepack else "conv_bn_act"
         self.cuda_graph = cuda_graph
         self.graph_scope: str | None = None
         self._graphs: dict = {}

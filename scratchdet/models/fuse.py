@@ -20,9 +20,10 @@ import torch.nn as nn
 
 from .. import ops
 from ..ops.reference import fold_batch_norm
+from . import onednn
 from .layers import BasicBlock, ConvBNAct
 
-__all__ = ["fuse", "FusedConvAct", "FusedBasicBlock", "FuseReport"]
+__all__ = ["fuse", "use_onednn_prepack", "FusedConvAct", "FusedBasicBlock", "FuseReport"]
 
 
 class _InferenceOnly(nn.Module):
@@ -48,6 +49,8 @@ class FusedConvAct(_InferenceOnly):
         self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
         self.groups, self.relu = int(groups), bool(relu)
         self.training = False
+        self.prepack = False            # set by use_onednn_prepack(): CPU fp32 through a prepacked oneDNN weight
+        self._packed = None             # (weight version key, packed weight); never saved or copied
 
     @classmethod
     def from_conv_bn_act(cls, block: ConvBNAct, relu: bool | None = None) -> "FusedConvAct":
@@ -60,8 +63,37 @@ class FusedConvAct(_InferenceOnly):
                    block.act if relu is None else relu)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.prepack and self._can_prepack(x, residual):
+            out = onednn.conv_pointwise(x, self._packed_weight(x), self.bias, self.padding, self.stride,
+                                        self.dilation, self.groups, self.relu, residual)
+            return out
         return ops.conv_bn_act(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation,
                                self.groups, self.relu)
+
+    def _can_prepack(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        # anything unusual (wrong shape, dtype, device, autograd, tracing) goes through the op,
+        # which checks its inputs and names what is wrong
+        w = self.weight
+        return (x.device.type == "cpu" and w.device.type == "cpu" and x.dtype == w.dtype == torch.float32
+                and x.dim() == 4 and x.shape[1] == w.shape[1] * self.groups
+                and (self.bias is None or self.bias.dtype == torch.float32)
+                and (residual is None or (residual.dtype == torch.float32 and residual.device.type == "cpu"))
+                and not (torch.is_grad_enabled() and (x.requires_grad or (residual is not None
+                                                                          and residual.requires_grad)))
+                and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self._packed is None or self._packed[0] != key:
+            self._packed = (key, onednn.pack_weight(self.weight, self.padding, self.stride, self.dilation,
+                                                    self.groups, x.shape))
+        return self._packed[1]
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state["_packed"] = None         # oneDNN's opaque tensors neither pickle nor deep-copy
+        return state
 
     def extra_repr(self) -> str:
         o, i, kh, kw = self.weight.shape
@@ -176,3 +208,20 @@ def fuse(model: nn.Module) -> nn.Module:
         warnings.warn("fuse: left unfused: " + "; ".join(f"{n} ({why})" for n, why in report.unfused),
                       UserWarning, stacklevel=2)
     return fused
+
+
+def use_onednn_prepack(fused_model: nn.Module, enabled: bool = True) -> int:
+    """Route the fused convs of ``fused_model`` through prepacked oneDNN weights on CPU float32
+    (:mod:`scratchdet.models.onednn`); other devices and dtypes keep using the op.
+
+    Returns how many convs were switched. Raises ``RuntimeError`` if ``enabled`` and this
+    torch build has no oneDNN.
+    """
+    if enabled and not onednn.available():
+        raise RuntimeError("use_onednn_prepack: this torch build has no oneDNN (torch.backends.mkldnn)")
+    count = 0
+    for module in fused_model.modules():
+        if isinstance(module, FusedConvAct):
+            module.prepack, module._packed = bool(enabled), None
+            count += 1
+    return count
