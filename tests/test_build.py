@@ -57,3 +57,14 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_build_info_parses_an_arch_list_that_holds_semicolons():
+    # setup.py picks e.g. "7.5;8.0;9.0+PTX" from nvcc when no GPU is visible (the README's setup)
+    from scratchdet.ops._extension import parse_build_info
+
+    raw = parse_build_info("cpu=1;cuda=1;cuda_arch_list=7.5;8.0;9.0+PTX;torch_version=2.14.1;openmp=1")
+    assert raw == {"cpu": "1", "cuda": "1", "cuda_arch_list": "7.5;8.0;9.0+PTX", "torch_version": "2.14.1",
+                   "openmp": "1"}
+    assert parse_build_info("") == {}
+    assert parse_build_info("cuda_arch_list=9.0;cpu=0") == {"cuda_arch_list": "9.0", "cpu": "0"}

@@ -54,6 +54,20 @@ def warn_fallback(op_name: str) -> None:
     )
 
 
+def parse_build_info(text: str) -> dict[str, str]:
+    """``"key=value;key=value"`` -> dict. A value may itself hold ``;`` (an arch list such as
+    ``7.5;8.0;9.0+PTX``): a piece without ``=`` continues the previous value."""
+    raw: dict[str, str] = {}
+    key = None
+    for piece in text.split(";"):
+        if "=" in piece:
+            key, value = piece.split("=", 1)
+            raw[key] = value
+        elif piece and key is not None:
+            raw[key] += ";" + piece
+    return raw
+
+
 def build_info() -> dict:
     """What was compiled: extension loaded, CPU/CUDA kernels, CUDA arch list, versions."""
     info = {
@@ -70,7 +84,7 @@ def build_info() -> dict:
     }
     if not EXTENSION_LOADED:
         return info
-    raw = dict(kv.split("=", 1) for kv in torch.ops.scratchdet._build_info().split(";") if kv)
+    raw = parse_build_info(torch.ops.scratchdet._build_info())
     info.update(
         cpu_kernels=raw.get("cpu") == "1",
         cuda_kernels=raw.get("cuda") == "1",
