@@ -10,6 +10,7 @@ This is the documented equivalent of ``model.predict(..., fast=True)``.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -60,7 +61,6 @@ class FastPredictor:
             raise ValueError(f"FastPredictor: onednn_prepack=True is for float32 on CPU, got {dtype} on "
                              f"{self.device.type}")
         if onednn_prepack and self.model is model:      # never switch the caller's own fused model
-            import copy
             self.model = copy.deepcopy(self.model)
         use_onednn_prepack(self.model, bool(onednn_prepack))
         self.conv_backend = "onednn-prepacked" if onednn_prepack else "conv_bn_act"

@@ -64,9 +64,8 @@ class FusedConvAct(_InferenceOnly):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self.prepack and self._can_prepack(x, residual):
-            out = onednn.conv_pointwise(x, self._packed_weight(x), self.bias, self.padding, self.stride,
-                                        self.dilation, self.groups, self.relu, residual)
-            return out
+            return onednn.conv_pointwise(x, self._packed_weight(x), self.bias, self.padding, self.stride,
+                                         self.dilation, self.groups, self.relu, residual)
         return ops.conv_bn_act(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation,
                                self.groups, self.relu)
 
@@ -90,8 +89,7 @@ class FusedConvAct(_InferenceOnly):
         return self._packed[1]
 
     def __getstate__(self):
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        state = dict(state)
+        state = dict(super().__getstate__())
         state["_packed"] = None         # oneDNN's opaque tensors neither pickle nor deep-copy
         return state
 
