@@ -3,8 +3,10 @@
 Anchors, same group, same run:
 - eager:       the unfused model (NCHW fp32) + a torchvision-style postprocess
 - torchscript: torch.jit.freeze + optimize_for_inference of the network + the same postprocess
-- fused:       FastPredictor (scratchdet.fuse, channels_last) + scratchdet.ops.detect; on CPU its convs
-               run through oneDNN-prepacked weights (scratchdet.models.onednn)
+- fused:       FastPredictor (scratchdet.fuse, channels_last) + scratchdet.ops.detect; on CPU its 3x3
+               stride-1 convs run through Winograd F(4x4, 3x3) (scratchdet.ops.winograd_conv3x3) and the
+               others through oneDNN-prepacked weights (scratchdet.models.onednn)
+- fused_direct: the same without Winograd: every conv through oneDNN-prepacked weights (CPU)
 - fused_op:    the same, each conv through the scratchdet.conv_bn_act op (CPU)
 The ``network`` groups time the raw outputs only, so the conv fusion gain shows on its own.
 """
@@ -55,13 +57,15 @@ def _setup(device):
         x = torch.randn(1, 3, 300, 300, device=device)
         with torch.no_grad():
             ts = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(SSDRawOutputs(model).eval(), x)))
-        fast_op = FastPredictor(model, onednn_prepack=False) if device == "cpu" else None
-        _CACHE[device] = (model, ts, FastPredictor(model), fast_op)
+        cpu = device == "cpu"
+        fast_direct = FastPredictor(model, winograd=False) if cpu else None
+        fast_op = FastPredictor(model, onednn_prepack=False, winograd=False) if cpu else None
+        _CACHE[device] = (model, ts, FastPredictor(model), fast_direct, fast_op)
     return _CACHE[device]
 
 
 def _paths(device, batch):
-    model, ts, fast, fast_op = _setup(device)
+    model, ts, fast, fast_direct, fast_op = _setup(device)
     x = torch.randn(batch, 3, 300, 300, device=device, generator=torch.Generator(device).manual_seed(batch))
     xc = x.contiguous(memory_format=torch.channels_last)
     priors = model.priors
@@ -69,18 +73,20 @@ def _paths(device, batch):
         "eager": lambda: torchvision_postprocess(*model.forward_raw(x), priors),
         "torchscript": lambda: torchvision_postprocess(*ts(x), priors),
         "fused": lambda: fast(xc),
+        "fused_direct": lambda: fast_direct(xc),
         "fused_op": lambda: fast_op(xc),
     }
     network = {
         "eager": lambda: model.forward_raw(x),
         "torchscript": lambda: ts(x),
         "fused": lambda: fast.model.forward_raw(xc),
+        "fused_direct": lambda: fast_direct.model.forward_raw(xc),
         "fused_op": lambda: fast_op.model.forward_raw(xc),
     }
     return end_to_end, network
 
 
-@pytest.mark.parametrize("impl", ["eager", "torchscript", "fused", "fused_op"])
+@pytest.mark.parametrize("impl", ["eager", "torchscript", "fused", "fused_direct", "fused_op"])
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("scope", ["end_to_end", "network"])
 def test_fused_inference_cpu(benchmark, scope, batch, impl):
@@ -89,7 +95,7 @@ def test_fused_inference_cpu(benchmark, scope, batch, impl):
     fn = (end_to_end if scope == "end_to_end" else network)[impl]
     with torch.inference_mode():
         fn()
-        benchmark.pedantic(fn, rounds=3 if batch == 1 else 1, iterations=1, warmup_rounds=0)
+        benchmark.pedantic(fn, rounds=5 if batch == 1 else 1, iterations=1, warmup_rounds=0)
 
 
 @pytest.mark.cuda

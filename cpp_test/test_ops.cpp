@@ -37,6 +37,30 @@ void test_box_iou() {
   expect(threw, "box_iou rejects a [2, 5] tensor with a clear message");
 }
 
+// Winograd F(4x4, 3x3) through the dispatcher, against ATen's direct conv.
+void test_winograd_conv3x3() {
+  auto& dispatcher = c10::Dispatcher::singleton();
+  auto pack = dispatcher.findSchemaOrThrow("scratchdet::winograd_f43_pack", "")
+                  .typed<at::Tensor(const at::Tensor&)>();
+  auto conv = dispatcher.findSchemaOrThrow("scratchdet::winograd_conv3x3", "")
+                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                    const std::optional<at::Tensor>&, bool)>();
+  at::manual_seed(0);
+  auto x = at::randn({2, 10, 13, 9}), w = at::randn({7, 10, 3, 3}) / 10.0, b = at::randn({7});
+  auto out = conv.call(x, pack.call(w), b, std::nullopt, true);
+  auto want = at::relu(at::conv2d(x, w, b, 1, 1));
+  const double err = (out - want).abs().max().item<double>() / want.abs().max().item<double>();
+  expect(out.sizes() == want.sizes() && err < 5e-5, "winograd_conv3x3 matches conv2d (rel err " +
+                                                        std::to_string(err) + ")");
+  bool threw = false;
+  try {
+    conv.call(x, w, b, std::nullopt, true);  // an unpacked weight
+  } catch (const c10::Error& e) {
+    threw = std::string(e.what()).find("packed_weight of shape [36, C_in, C_out]") != std::string::npos;
+  }
+  expect(threw, "winograd_conv3x3 rejects an unpacked weight with a clear message");
+}
+
 }  // namespace
 
 int main() {
@@ -44,6 +68,7 @@ int main() {
   std::cout << "build_info: " << info << "\n";
   expect(info.find("cpu=1") != std::string::npos, "build_info reports CPU kernels");
   test_box_iou();
+  test_winograd_conv3x3();
   std::cout << (failures ? "FAILED" : "ALL PASSED") << "\n";
   return failures ? 1 : 0;
 }

@@ -9,7 +9,7 @@ import scratchdet
 from scratchdet.models import BasicBlock, ConvBNAct, build_model, list_models
 from scratchdet.models.fast_inference import FastPredictor
 from scratchdet.models import onednn
-from scratchdet.models.fuse import FusedBasicBlock, FusedConvAct, fuse, use_onednn_prepack
+from scratchdet.models.fuse import FusedBasicBlock, FusedConvAct, fuse, use_onednn_prepack, use_winograd
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN")
 
@@ -64,6 +64,16 @@ def test_every_preset_matches_unfused_and_folds_every_batch_norm(name):
             packed = fused.forward_raw(x.contiguous(memory_format=torch.channels_last))
         for r, p in zip(ref, packed):
             assert rel_err(p, r) < 1e-4
+    # the Winograd path of the same model: every 3x3 stride-1 conv switched, the rest left alone
+    eligible = [m for m in fused.modules() if isinstance(m, FusedConvAct) and m.weight.shape[2:] == (3, 3)
+                and m.stride == [1, 1] and m.padding == [1, 1] and m.dilation == [1, 1] and m.groups == 1]
+    assert use_winograd(fused) == len(eligible) > 0
+    assert all(m.winograd == (m in eligible) for m in fused.modules() if isinstance(m, FusedConvAct))
+    with torch.no_grad():
+        wino = fused.forward_raw(x.contiguous(memory_format=torch.channels_last))
+    for r, w in zip(ref, wino):
+        assert rel_err(w, r) < 1e-4
+    assert use_winograd(fused, False) == 0 and not any(getattr(m, "winograd", False) for m in fused.modules())
 
 
 @needs_onednn
@@ -186,8 +196,9 @@ def test_detections_identical_on_a_briefly_trained_model():
         assert rel_err(floc, loc) < 1e-4 and rel_err(flogits, logits) < 1e-4
         ref = model(images)
         out = fused(images)
-        fast_op = FastPredictor(model, onednn_prepack=False)(images)
-        fast_packed = FastPredictor(model)(images) if onednn.available() else fast_op
+        fast_op = FastPredictor(model, onednn_prepack=False, winograd=False)(images)
+        fast_wino = FastPredictor(model, onednn_prepack=False, winograd=True)(images)
+        fast_packed = FastPredictor(model)(images)     # Winograd + oneDNN-prepacked where available
     assert int(ref[3].sum()) > 0
     # The fused model: the same detections. Folding BN changes the logits by ~1e-6, so two
     # detections whose scores tie to that precision may trade places: compare the score order
@@ -204,9 +215,10 @@ def test_detections_identical_on_a_briefly_trained_model():
             return r[order]
 
         torch.testing.assert_close(rows(out), rows(ref), rtol=0, atol=1e-5)
-    # The fast path runs channels_last convs, which sum in another order: near-equal scores may
-    # swap places, so compare per image the count, the scores in order and the labels as a multiset.
-    for fast in (fast_op, fast_packed):
+    # The fast path runs channels_last convs (and Winograd), which sum in another order: near-equal
+    # scores may swap places, so compare per image the count, the scores in order and the labels as
+    # a multiset.
+    for fast in (fast_op, fast_wino, fast_packed):
         assert torch.equal(ref[3], fast[3])
         torch.testing.assert_close(fast[1], ref[1], rtol=0, atol=1e-5)
         for b in range(images.shape[0]):
@@ -218,11 +230,16 @@ def test_fast_predictor_cpu_matches_predict():
     model = small("root_resnet_tiny")
     predictor = FastPredictor(model)
     assert predictor.model.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert predictor.conv_backend == ("onednn-prepacked" if onednn.available() else "conv_bn_act")
-    assert FastPredictor(model, onednn_prepack=False).conv_backend == "conv_bn_act"
+    assert predictor.conv_backend == "winograd+" + ("onednn-prepacked" if onednn.available() else "conv_bn_act")
+    assert FastPredictor(model, onednn_prepack=False, winograd=False).conv_backend == "conv_bn_act"
+    assert FastPredictor(model, onednn_prepack=False).conv_backend == "winograd+conv_bn_act"
+    assert not any(getattr(m, "winograd", False) for m in model.modules())   # the caller's model untouched
     with pytest.raises(ValueError, match="onednn_prepack=True is for float32 on CPU"), \
             pytest.warns(UserWarning, match="meant for CUDA"):
         FastPredictor(model, dtype=torch.float64, onednn_prepack=True)
+    with pytest.raises(ValueError, match="winograd=True is for float32 on CPU"), \
+            pytest.warns(UserWarning, match="meant for CUDA"):
+        FastPredictor(model, dtype=torch.float64, winograd=True)
     imgs = [(torch.rand(3, 100, 120, generator=torch.Generator().manual_seed(i)) * 255).to(torch.uint8)
             for i in range(2)]
     ref = model.predict(imgs)

@@ -4,6 +4,11 @@ Every ``ConvBNAct`` becomes a :class:`FusedConvAct` (one ``conv_bn_act`` call:
 conv + bias + ReLU) and every ``BasicBlock`` a :class:`FusedBasicBlock`, whose
 second conv also does the residual add and the ReLU after it, in the same call.
 
+On CPU in float32 two faster conv paths can be switched on for a fused model:
+:func:`use_winograd` (the 3x3 stride-1 convs through Winograd F(4x4, 3x3),
+:func:`scratchdet.ops.winograd_conv3x3`) and :func:`use_onednn_prepack` (the other
+convs through weights prepacked for oneDNN). :class:`FastPredictor` turns both on.
+
 Unfusable patterns (a conv that is not a plain zero-padded ``nn.Conv2d``, a
 BatchNorm without running statistics, a BatchNorm outside a ``ConvBNAct``) are
 left as they are: they are listed in ``fused.fuse_report.unfused`` and one
@@ -20,10 +25,11 @@ import torch.nn as nn
 
 from .. import ops
 from ..ops.reference import fold_batch_norm
+from ..ops.winograd import is_winograd_conv
 from . import onednn
 from .layers import BasicBlock, ConvBNAct
 
-__all__ = ["fuse", "use_onednn_prepack", "FusedConvAct", "FusedBasicBlock", "FuseReport"]
+__all__ = ["fuse", "use_onednn_prepack", "use_winograd", "FusedConvAct", "FusedBasicBlock", "FuseReport"]
 
 
 class _InferenceOnly(nn.Module):
@@ -50,7 +56,9 @@ class FusedConvAct(_InferenceOnly):
         self.groups, self.relu = int(groups), bool(relu)
         self.training = False
         self.prepack = False            # set by use_onednn_prepack(): CPU fp32 through a prepacked oneDNN weight
+        self.winograd = False           # set by use_winograd(): CPU fp32 3x3 stride 1 through Winograd F(4x4, 3x3)
         self._packed = None             # (weight version key, packed weight); never saved or copied
+        self._wino_packed = None        # the same for the Winograd-transformed weight
 
     @classmethod
     def from_conv_bn_act(cls, block: ConvBNAct, relu: bool | None = None) -> "FusedConvAct":
@@ -62,8 +70,15 @@ class FusedConvAct(_InferenceOnly):
         return cls(weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
                    block.act if relu is None else relu)
 
+    @property
+    def winograd_eligible(self) -> bool:
+        """3x3, stride 1, padding 1, dilation 1, groups 1: the convs Winograd F(4x4, 3x3) computes."""
+        return is_winograd_conv(self.weight.shape, self.stride, self.padding, self.dilation, self.groups)
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self.prepack and self._can_prepack(x, residual):
+        if (self.winograd or self.prepack) and self._can_prepack(x, residual):
+            if self.winograd:
+                return ops.winograd_conv3x3(x, self._winograd_weight(), self.bias, residual, self.relu)
             return onednn.conv_pointwise(x, self._packed_weight(x), self.bias, self.padding, self.stride,
                                          self.dilation, self.groups, self.relu, residual)
         return ops.conv_bn_act(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation,
@@ -81,16 +96,24 @@ class FusedConvAct(_InferenceOnly):
                                                                           and residual.requires_grad)))
                 and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
+    def _weight_key(self):
+        return (self.weight.data_ptr(), self.weight._version)   # an in-place change or .to() repacks
+
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        key = (self.weight.data_ptr(), self.weight._version)
-        if self._packed is None or self._packed[0] != key:
-            self._packed = (key, onednn.pack_weight(self.weight, self.padding, self.stride, self.dilation,
-                                                    self.groups, x.shape))
+        if self._packed is None or self._packed[0] != self._weight_key():
+            self._packed = (self._weight_key(), onednn.pack_weight(self.weight, self.padding, self.stride,
+                                                                   self.dilation, self.groups, x.shape))
         return self._packed[1]
+
+    def _winograd_weight(self) -> torch.Tensor:
+        if self._wino_packed is None or self._wino_packed[0] != self._weight_key():
+            self._wino_packed = (self._weight_key(), ops.winograd_f43_pack(self.weight))
+        return self._wino_packed[1]
 
     def __getstate__(self):
         state = dict(super().__getstate__())
         state["_packed"] = None         # oneDNN's opaque tensors neither pickle nor deep-copy
+        state["_wino_packed"] = None    # derived from the weight: not worth saving
         return state
 
     def extra_repr(self) -> str:
@@ -223,3 +246,21 @@ def use_onednn_prepack(fused_model: nn.Module, enabled: bool = True) -> int:
             module.prepack, module._packed = bool(enabled), None
             count += 1
     return count
+
+
+def use_winograd(fused_model: nn.Module, enabled: bool = True) -> int:
+    """Route the 3x3 stride-1 fused convs of ``fused_model`` (:attr:`FusedConvAct.winograd_eligible`)
+    through :func:`scratchdet.ops.winograd_conv3x3` on CPU float32; other convs, devices and dtypes
+    are unaffected. It takes precedence over :func:`use_onednn_prepack` for the convs it covers.
+
+    The result differs from the direct conv by rounding only (about 1e-5 relative per layer).
+    Returns how many convs were switched.
+    """
+    count = 0
+    for module in fused_model.modules():
+        if isinstance(module, FusedConvAct):
+            module.winograd = bool(enabled) and module.winograd_eligible
+            module._wino_packed = None
+            count += module.winograd
+    return count
+

@@ -11,6 +11,7 @@ from .detect import detect
 from .match_priors import match_priors
 from .conv_bn_act import conv_bn_act
 from .nms import batched_nms
+from .winograd import winograd_conv3x3, winograd_f43_pack
 
 __all__ = ["EXTENSION_LOADED", "build_info", "reference", "box_iou", "match_priors", "detect", "batched_nms",
-           "conv_bn_act"]
+           "conv_bn_act", "winograd_conv3x3", "winograd_f43_pack"]

@@ -1,0 +1,321 @@
+// CPU Winograd F(4x4, 3x3) convolution with the conv_bn_act epilogue fused into the output
+// transform. Works on NHWC (channels innermost), so every transform is the same arithmetic
+// on 8 contiguous channels at a time.
+//
+// Tiles are processed in chunks small enough that a chunk's transformed input V [36][tiles][C_in]
+// and products M [36][tiles][C_out] stay in cache:
+//   1. input transform   d (6x6 patch) -> V = B^T d B
+//   2. 36 GEMMs          M[p] = V[p] @ U[p]      (U = winograd_f43_pack(weight): [36][C_in][C_out])
+//   3. output transform  y = A^T M A, then + bias (+ residual) (ReLU), stored in place.
+// With many chunks each thread runs whole chunks on its own buffers; with few (small maps,
+// wide layers) the threads share one chunk phase by phase.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#pragma GCC diagnostic ignored "-Wpsabi"  // vec8 never crosses a non-inlined ABI boundary
+#include <torch/library.h>
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "../winograd_conv.h"
+
+// x86-64 Linux: compile the transforms twice (AVX2+FMA and baseline) and pick one at load time
+// (ifunc), so the wheel still runs on CPUs without AVX2. Elsewhere: the build's own target.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define SD_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define SD_CPU_CLONES
+#endif
+
+namespace scratchdet {
+namespace {
+
+// GCC/Clang vector of 8 floats: one AVX register where the build or clone targets AVX2,
+// two SSE registers otherwise. aligned(4) lets loads and stores go through memcpy unaligned.
+typedef float vec8 __attribute__((vector_size(32)));
+constexpr int kLanes = 8;
+constexpr int kPos = kWinoTile * kWinoTile;  // 36 transform positions
+
+inline vec8 load8(const float* p) {
+  vec8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store8(float* p, vec8 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// ---- BLAS ------------------------------------------------------------------------------------
+// The GEMMs are small (tiles-per-chunk x C_in x C_out) and many (36 per chunk), so they go
+// straight to the BLAS sgemm that torch itself links (MKL on x86 wheels) when it exports one;
+// otherwise through at::mm_out (same result, a few microseconds more per call). Setting
+// SCRATCHDET_WINOGRAD_ATEN_GEMM=1 before the first call forces the at::mm_out path (tests use it).
+using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
+                         const float*, const int*, const float*, const int*, const float*, float*, const int*);
+
+SgemmFn find_sgemm() {
+  if (const char* force = std::getenv("SCRATCHDET_WINOGRAD_ATEN_GEMM"); force && *force && *force != '0') {
+    return nullptr;
+  }
+  for (const char* lib : {"libtorch_cpu.so", "libtorch_cpu.dylib"}) {
+    if (void* handle = dlopen(lib, RTLD_LAZY | RTLD_NOLOAD)) {
+      if (void* fn = dlsym(handle, "sgemm_")) return reinterpret_cast<SgemmFn>(fn);
+    }
+  }
+  return nullptr;
+}
+
+// Row-major C[m, n] = A[m, k] @ B[k, n] (lda = k, ldb = ldc = n), single-threaded: callers run
+// it inside their own parallel region.
+void gemm_row_major(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c) {
+  static const SgemmFn sgemm = find_sgemm();
+  if (sgemm != nullptr) {
+    // column-major view: C^T[n, m] = B^T[n, k] @ A^T[k, m]
+    const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+    const float one = 1.0f, zero = 0.0f;
+    sgemm("N", "N", &ni, &mi, &ki, &one, b, &ni, a, &ki, &zero, c, &ni);
+    return;
+  }
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  auto ct = at::from_blob(c, {m, n}, opts);
+  at::mm_out(ct, at::from_blob(const_cast<float*>(a), {m, k}, opts), at::from_blob(const_cast<float*>(b), {k, n}, opts));
+}
+
+// ---- geometry --------------------------------------------------------------------------------
+struct Geometry {
+  int64_t batch, height, width, c_in, c_out;
+  int64_t tiles_h, tiles_w, tiles;  // 4x4 output tiles per row / column / in all
+};
+
+// Tile t -> image n and top-left output pixel (oy, ox).
+inline void tile_origin(const Geometry& g, int64_t t, int64_t& n, int64_t& oy, int64_t& ox) {
+  const int64_t per_image = g.tiles_h * g.tiles_w;
+  n = t / per_image;
+  const int64_t r = t - n * per_image;
+  oy = (r / g.tiles_w) * kWinoOut;
+  ox = (r % g.tiles_w) * kWinoOut;
+}
+
+// ---- phase 1: input transform ----------------------------------------------------------------
+// Tiles [t_begin, t_end) of the chunk starting at chunk_begin; v is [36][chunk_len][C_in].
+SD_CPU_CLONES
+void input_transform(const Geometry& g, const float* x, float* v, int64_t chunk_begin, int64_t chunk_len,
+                     int64_t t_begin, int64_t t_end) {
+  const int64_t C = g.c_in, pos_stride = chunk_len * C;
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    int64_t n, oy, ox;
+    tile_origin(g, t, n, oy, ox);
+    const int64_t y0 = oy - 1, x0 = ox - 1;  // padding 1
+    const bool interior = y0 >= 0 && x0 >= 0 && y0 + kWinoTile <= g.height && x0 + kWinoTile <= g.width;
+    const float* img = x + n * g.height * g.width * C;
+    float* dst = v + (t - chunk_begin) * C;
+    int64_t c = 0;
+    for (; c + kLanes <= C; c += kLanes) {
+      vec8 d[kPos], u[kPos];
+      for (int i = 0; i < kWinoTile; ++i) {
+        const int64_t yy = y0 + i;
+        for (int j = 0; j < kWinoTile; ++j) {
+          const int64_t xx = x0 + j;
+          if (interior || (yy >= 0 && yy < g.height && xx >= 0 && xx < g.width)) {
+            d[i * kWinoTile + j] = load8(img + (yy * g.width + xx) * C + c);
+          } else {
+            d[i * kWinoTile + j] = vec8{};
+          }
+        }
+      }
+      winograd_f43_input_transform(d, u);
+      for (int p = 0; p < kPos; ++p) store8(dst + p * pos_stride + c, u[p]);
+    }
+    for (; c < C; ++c) {  // channel tail, one at a time
+      float d[kPos], u[kPos];
+      for (int i = 0; i < kWinoTile; ++i) {
+        const int64_t yy = y0 + i;
+        for (int j = 0; j < kWinoTile; ++j) {
+          const int64_t xx = x0 + j;
+          d[i * kWinoTile + j] = (yy >= 0 && yy < g.height && xx >= 0 && xx < g.width)
+                                     ? img[(yy * g.width + xx) * C + c] : 0.0f;
+        }
+      }
+      winograd_f43_input_transform(d, u);
+      for (int p = 0; p < kPos; ++p) dst[p * pos_stride + c] = u[p];
+    }
+  }
+}
+
+// ---- phase 3: output transform + epilogue ----------------------------------------------------
+template <bool kResidual, bool kRelu, bool kBias>
+inline vec8 finish(vec8 y, const float* bias, const float* res) {
+  if constexpr (kBias) y += load8(bias);
+  if constexpr (kResidual) y += load8(res);
+  if constexpr (kRelu) y = (y < vec8{}) ? vec8{} : y;  // NaN compares false: stays NaN, like torch.relu
+  return y;
+}
+
+template <bool kResidual, bool kRelu, bool kBias>
+inline float finish1(float y, const float* bias, const float* res) {
+  if constexpr (kBias) y += *bias;
+  if constexpr (kResidual) y += *res;
+  if constexpr (kRelu) y = (y < 0.0f) ? 0.0f : y;
+  return y;
+}
+
+template <bool kResidual, bool kRelu, bool kBias>
+SD_CPU_CLONES
+void output_transform(const Geometry& g, const float* m, const float* bias, const float* residual, float* out,
+                      int64_t chunk_begin, int64_t chunk_len, int64_t t_begin, int64_t t_end) {
+  const int64_t C = g.c_out, pos_stride = chunk_len * C;
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    int64_t n, oy, ox;
+    tile_origin(g, t, n, oy, ox);
+    const int rows = static_cast<int>(std::min<int64_t>(kWinoOut, g.height - oy));
+    const int cols = static_cast<int>(std::min<int64_t>(kWinoOut, g.width - ox));
+    const int64_t base = (n * g.height * g.width + oy * g.width + ox) * C;
+    const float* src = m + (t - chunk_begin) * C;
+    int64_t c = 0;
+    for (; c + kLanes <= C; c += kLanes) {
+      vec8 s[kPos], y[kWinoOut * kWinoOut];
+      for (int p = 0; p < kPos; ++p) s[p] = load8(src + p * pos_stride + c);
+      winograd_f43_output_transform(s, y);
+      for (int i = 0; i < rows; ++i) {
+        for (int j = 0; j < cols; ++j) {
+          const int64_t o = base + (i * g.width + j) * C + c;
+          store8(out + o, finish<kResidual, kRelu, kBias>(y[i * kWinoOut + j], bias + c,
+                                                          kResidual ? residual + o : nullptr));
+        }
+      }
+    }
+    for (; c < C; ++c) {
+      float s[kPos], y[kWinoOut * kWinoOut];
+      for (int p = 0; p < kPos; ++p) s[p] = src[p * pos_stride + c];
+      winograd_f43_output_transform(s, y);
+      for (int i = 0; i < rows; ++i) {
+        for (int j = 0; j < cols; ++j) {
+          const int64_t o = base + (i * g.width + j) * C + c;
+          out[o] = finish1<kResidual, kRelu, kBias>(y[i * kWinoOut + j], bias + c,
+                                                    kResidual ? residual + o : nullptr);
+        }
+      }
+    }
+  }
+}
+
+using OutputFn = void (*)(const Geometry&, const float*, const float*, const float*, float*, int64_t, int64_t,
+                          int64_t, int64_t);
+
+OutputFn pick_output(bool residual, bool relu, bool bias) {
+  static const OutputFn table[8] = {
+      output_transform<false, false, false>, output_transform<false, false, true>,
+      output_transform<false, true, false>,  output_transform<false, true, true>,
+      output_transform<true, false, false>,  output_transform<true, false, true>,
+      output_transform<true, true, false>,   output_transform<true, true, true>};
+  return table[(residual ? 4 : 0) + (relu ? 2 : 0) + (bias ? 1 : 0)];
+}
+
+// ---- driver ----------------------------------------------------------------------------------
+// Bytes of V + M per chunk, and the fewest tiles per chunk (fewer starve the GEMMs of wide layers).
+// Tuned on the 2-core EPYC of benchmarks/RESULTS.md: of 512 KB..8 MB x 32/64/128 tiles, 2 MB with
+// 64 tiles was fastest on the 300x300x64 layer (~25 % ahead of 1 MB over three interleaved runs)
+// and within noise elsewhere. At most all tiles.
+constexpr int64_t kChunkBytes = 2048 * 1024;
+constexpr int64_t kMinChunkTiles = 64;
+
+at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& packed_weight,
+                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                                bool relu) {
+  check_winograd_conv3x3_args(input, packed_weight, bias, residual);
+  check_device(input, c10::kCPU, "winograd_conv3x3", "input");
+  const auto format = input.suggest_memory_format();
+  const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const auto u = packed_weight.contiguous();
+  const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const auto r = residual.has_value() ? residual->contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
+
+  Geometry g{};
+  g.batch = x.size(0), g.c_in = x.size(1), g.height = x.size(2), g.width = x.size(3);
+  g.c_out = u.size(2);
+  g.tiles_h = (g.height + kWinoOut - 1) / kWinoOut, g.tiles_w = (g.width + kWinoOut - 1) / kWinoOut;
+  g.tiles = g.batch * g.tiles_h * g.tiles_w;
+  auto out = at::empty({g.batch, g.c_out, g.height, g.width}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out.contiguous(format);
+  if (g.c_in == 0) {  // an empty sum: the output is the epilogue of zero
+    out.zero_();
+    if (b.defined()) out.add_(b.view({1, -1, 1, 1}));
+    if (r.defined()) out.add_(r);
+    if (relu) out.relu_();
+    return out.contiguous(format);
+  }
+
+  const float* xp = x.const_data_ptr<float>();
+  const float* up = u.const_data_ptr<float>();
+  const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  const float* rp = r.defined() ? r.const_data_ptr<float>() : nullptr;
+  float* op = out.mutable_data_ptr<float>();
+  const OutputFn output = pick_output(rp != nullptr, relu, bp != nullptr);
+
+  const int64_t bytes_per_tile = kPos * (g.c_in + g.c_out) * static_cast<int64_t>(sizeof(float));
+  const int64_t chunk = std::clamp<int64_t>(kChunkBytes / bytes_per_tile, kMinChunkTiles, g.tiles);
+  const int64_t n_chunks = (g.tiles + chunk - 1) / chunk;
+  const int64_t threads = at::get_num_threads();
+  const int64_t v_size = kPos * chunk * g.c_in, m_size = kPos * chunk * g.c_out;
+
+  // The three phases of one chunk [begin, begin + len); run_phase(count, fn) runs fn over [0, count).
+  auto run_chunk = [&](int64_t begin, int64_t len, float* vbuf, float* mbuf, auto&& run_phase) {
+    run_phase(len, [&](int64_t lo, int64_t hi) { input_transform(g, xp, vbuf, begin, len, begin + lo, begin + hi); });
+    run_phase(kPos, [&](int64_t lo, int64_t hi) {
+      for (int64_t p = lo; p < hi; ++p)
+        gemm_row_major(len, g.c_out, g.c_in, vbuf + p * len * g.c_in, up + p * g.c_in * g.c_out,
+                       mbuf + p * len * g.c_out);
+    });
+    run_phase(len, [&](int64_t lo, int64_t hi) { output(g, mbuf, bp, rp, op, begin, len, begin + lo, begin + hi); });
+  };
+  auto serial = [](int64_t count, auto&& fn) { fn(0, count); };
+  auto parallel = [](int64_t count, auto&& fn) { at::parallel_for(0, count, 1, fn); };
+
+  if (n_chunks >= 2 * threads) {
+    // enough chunks: each thread runs whole chunks on its own buffers
+    at::parallel_for(0, n_chunks, 1, [&](int64_t lo, int64_t hi) {
+      std::unique_ptr<float[]> vbuf(new float[v_size]), mbuf(new float[m_size]);
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t begin = i * chunk;
+        run_chunk(begin, std::min(chunk, g.tiles - begin), vbuf.get(), mbuf.get(), serial);
+      }
+    });
+  } else {
+    // few chunks: the threads share each chunk, phase by phase
+    std::unique_ptr<float[]> vbuf(new float[v_size]), mbuf(new float[m_size]);
+    for (int64_t i = 0; i < n_chunks; ++i) {
+      const int64_t begin = i * chunk;
+      run_chunk(begin, std::min(chunk, g.tiles - begin), vbuf.get(), mbuf.get(), parallel);
+    }
+  }
+  return out.contiguous(format);
+}
+
+at::Tensor winograd_f43_pack_cpu(const at::Tensor& weight) {
+  check_winograd_f43_pack_args(weight);
+  check_device(weight, c10::kCPU, "winograd_f43_pack", "weight");
+  const auto w = weight.to(at::kDouble).contiguous();
+  const int64_t c_out = w.size(0), c_in = w.size(1);
+  auto packed = at::empty({kPos, c_in, c_out}, weight.options().dtype(at::kFloat));
+  const double* wp = w.const_data_ptr<double>();
+  float* pp = packed.mutable_data_ptr<float>();
+  at::parallel_for(0, c_out * c_in, 256, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t o = i / c_in, ci = i % c_in;
+      double u[kPos];
+      winograd_f43_filter_transform(wp + i * 9, u);
+      for (int p = 0; p < kPos; ++p) pp[(p * c_in + ci) * c_out + o] = static_cast<float>(u[p]);
+    }
+  });
+  return packed;
+}
+
+}  // namespace
+}  // namespace scratchdet
+
+TORCH_LIBRARY_IMPL(scratchdet, CPU, m) {
+  m.impl("winograd_conv3x3", &scratchdet::winograd_conv3x3_cpu);
+  m.impl("winograd_f43_pack", &scratchdet::winograd_f43_pack_cpu);
+}

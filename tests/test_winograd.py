@@ -1,0 +1,246 @@
+"""winograd_conv3x3 / winograd_f43_pack: the kernel against the tensor-op reference and against
+conv2d (the semantics), the edge cases, bad input, and the fused-model switch."""
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scratchdet import ops
+from scratchdet.models import build_model
+from scratchdet.models.fuse import FusedConvAct, fuse, use_winograd
+from scratchdet.ops import reference
+from helpers import non_contiguous
+
+CL = torch.channels_last
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rel_err(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def make(n, c_in, c_out, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c_in, h, w, generator=g)
+    weight = torch.randn(c_out, c_in, 3, 3, generator=g) / max(1, 9 * c_in) ** 0.5
+    return x, weight, torch.randn(c_out, generator=g), torch.randn(n, c_out, h, w, generator=g)
+
+
+def direct(x, weight, bias, residual, relu):
+    """What the op stands for: the direct conv (in float64, so only the op's rounding shows)."""
+    out = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), padding=1)
+    if residual is not None:
+        out = out + residual.double()
+    return (out.relu() if relu else out).float()
+
+
+def check(x, weight, bias, residual, relu):
+    packed = ops.winograd_f43_pack(weight)
+    out = ops.winograd_conv3x3(x, packed, bias, residual, relu)
+    ref = reference.winograd_conv3x3(x, reference.winograd_f43_pack(weight), bias, residual, relu)
+    want = direct(x, weight, bias, residual, relu)
+    assert out.shape == want.shape and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=CL if x.is_contiguous(memory_format=CL) and x.shape[1] > 1
+                             else torch.contiguous_format) or out.numel() == 0
+    if out.numel():
+        # F(4x4, 3x3) rounds a little more than a direct conv: ~1e-5 of the output's scale
+        assert rel_err(out, want) < 5e-5
+        assert rel_err(out, ref) < 5e-5
+        assert rel_err(ref, want) < 5e-5
+    return out
+
+
+# ---------------------------------------------------------------- the transforms themselves
+def test_pack_matches_the_reference_and_the_definition():
+    weight = torch.randn(5, 7, 3, 3, dtype=torch.float64)
+    packed = ops.winograd_f43_pack(weight)
+    assert packed.shape == (36, 7, 5) and packed.dtype == torch.float32
+    g = torch.tensor(reference.WINOGRAD_F43["G"], dtype=torch.float64)
+    for o, i in [(0, 0), (4, 6), (2, 3)]:
+        u = g @ weight[o, i] @ g.T
+        torch.testing.assert_close(packed[:, i, o].double(), u.reshape(36), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(packed, reference.winograd_f43_pack(weight), rtol=1e-6, atol=1e-7)
+    # float32 weights are transformed in float64 too: the same result as from the float64 weight
+    torch.testing.assert_close(ops.winograd_f43_pack(weight.float()), reference.winograd_f43_pack(weight.float()),
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_one_pixel_filter_is_exact():
+    # a filter that only has its centre tap is a 1x1 conv: every transform is exact for it up to rounding
+    x, _, bias, _ = make(2, 3, 4, 6, 5)
+    weight = torch.zeros(4, 3, 3, 3)
+    weight[:, :, 1, 1] = torch.randn(4, 3)
+    out = ops.winograd_conv3x3(x, ops.winograd_f43_pack(weight), bias)
+    torch.testing.assert_close(out, F.conv2d(x, weight, bias, padding=1), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- against the reference and conv2d
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), c_in=st.integers(1, 20), c_out=st.integers(1, 20), h=st.integers(1, 14),
+       w=st.integers(1, 14), use_bias=st.booleans(), use_res=st.booleans(), relu=st.booleans(),
+       channels_last=st.booleans(), seed=st.integers(0, 2**16))
+def test_random_shapes(n, c_in, c_out, h, w, use_bias, use_res, relu, channels_last, seed):
+    x, weight, bias, res = make(n, c_in, c_out, h, w, seed)
+    if channels_last:
+        x, res = x.contiguous(memory_format=CL), res.contiguous(memory_format=CL)
+    check(x, weight, bias if use_bias else None, res if use_res else None, relu)
+
+
+@pytest.mark.parametrize("shape", [
+    (1, 64, 64, 19, 19),      # few tiles, wide: the threads share one chunk phase by phase
+    (8, 16, 24, 64, 64),      # many tiles (6 chunks): each thread runs whole chunks
+    (1, 8, 8, 300, 4),        # one very tall column of tiles
+    (16, 5, 3, 4, 4),         # a large batch of single-tile images
+    (1, 9, 17, 1, 1),         # one pixel: one tile, mostly padding
+    (2, 3, 5, 4, 8),          # sizes that are multiples of the tile
+], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunking_and_threading(shape, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, weight, bias, res = make(*shape)
+        check(x.contiguous(memory_format=CL), weight, bias, res, True)
+        check(x, weight, None, None, False)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_aten_gemm_fallback_gives_the_same_result(tmp_path):
+    # torch builds whose BLAS exports no sgemm_ run the GEMMs through at::mm_out: force that path
+    code = (
+        "import torch; from scratchdet import ops\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x = torch.randn(2, 13, 21, 18, generator=g); w = torch.randn(11, 13, 3, 3, generator=g)\n"
+        "b = torch.randn(11, generator=g); r = torch.randn(2, 11, 21, 18, generator=g)\n"
+        "torch.save(ops.winograd_conv3x3(x, ops.winograd_f43_pack(w), b, r, True), __import__('sys').argv[1])\n")
+    outs = []
+    for force in ("0", "1"):
+        path = tmp_path / f"out{force}.pt"
+        env = dict(os.environ, SCRATCHDET_WINOGRAD_ATEN_GEMM=force)
+        subprocess.run([sys.executable, "-c", code, str(path)], env=env, check=True, cwd=ROOT)
+        outs.append(torch.load(path))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 13, 21, 18, generator=g)
+    w = torch.randn(11, 13, 3, 3, generator=g)
+    b, r = torch.randn(11, generator=g), torch.randn(2, 11, 21, 18, generator=g)
+    assert rel_err(outs[1], direct(x, w, b, r, True)) < 5e-5
+
+
+def test_empty_inputs():
+    x, weight, bias, res = make(0, 4, 6, 5, 5)
+    out = ops.winograd_conv3x3(x, ops.winograd_f43_pack(weight), bias, res, True)
+    assert out.shape == (0, 6, 5, 5)
+    # no input channels: the conv is an empty sum, the output is its epilogue
+    x, weight, bias, res = make(2, 0, 3, 4, 5)
+    out = ops.winograd_conv3x3(x, ops.winograd_f43_pack(weight), bias, res, True)
+    torch.testing.assert_close(out, (bias.view(1, -1, 1, 1) + res).relu())
+    assert ops.winograd_f43_pack(torch.randn(0, 3, 3, 3)).shape == (36, 3, 0)
+
+
+def test_non_contiguous_inputs():
+    x, weight, bias, res = make(2, 6, 5, 9, 7)
+    out = ops.winograd_conv3x3(non_contiguous(x), ops.winograd_f43_pack(non_contiguous(weight)),
+                               non_contiguous(bias), non_contiguous(res), True)
+    torch.testing.assert_close(out, ops.winograd_conv3x3(x, ops.winograd_f43_pack(weight), bias, res, True))
+    assert rel_err(out, direct(x, weight, bias, res, True)) < 5e-5
+
+
+def test_nan_is_not_hidden_by_relu():
+    x, weight, bias, _ = make(1, 4, 4, 10, 10)
+    x[0, 2, 5, 5] = float("nan")
+    out = ops.winograd_conv3x3(x, ops.winograd_f43_pack(weight), bias, None, True)
+    assert torch.isnan(out[0, :, 4:7, 4:7]).all()        # every output that reads the NaN pixel
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_input_gets_a_clear_error():
+    x, weight, bias, res = make(1, 4, 6, 8, 8)
+    packed = ops.winograd_f43_pack(weight)
+    cases = [
+        (lambda: ops.winograd_conv3x3(x.double(), packed.double()), "dtype float32"),
+        (lambda: ops.winograd_conv3x3(x.half(), packed), "dtype float32"),
+        (lambda: ops.winograd_conv3x3(x, weight), r"packed_weight of shape \[36, C_in, C_out\]"),
+        (lambda: ops.winograd_conv3x3(x[:, :3], packed), "C_in = 3"),
+        (lambda: ops.winograd_conv3x3(x[0], packed), r"input of shape \[N, C_in, H, W\]"),
+        (lambda: ops.winograd_conv3x3(x, packed, bias[:5]), r"bias of shape \[6\]"),
+        (lambda: ops.winograd_conv3x3(x, packed, bias.double()), "same dtype"),
+        (lambda: ops.winograd_conv3x3(x, packed, None, res[:, :, :4]), "residual of the output's shape"),
+        (lambda: ops.winograd_f43_pack(torch.randn(6, 4, 5, 5)), "3x3 weight"),
+        (lambda: ops.winograd_f43_pack(weight.half()), "float32 or float64"),
+        (lambda: ops.winograd_f43_pack(weight[0]), r"\[C_out, C_in, 3, 3\]"),
+    ]
+    for call, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            call()
+        # the reference raises the same words
+    with pytest.raises(RuntimeError, match="dtype float32"):
+        reference.winograd_conv3x3(x.double(), packed.double())
+    with pytest.raises(RuntimeError, match="3x3 weight"):
+        reference.winograd_f43_pack(torch.randn(6, 4, 5, 5))
+
+
+@pytest.mark.cuda
+def test_cuda_tensors_are_refused_with_a_pointer_to_conv_bn_act():
+    x, weight, _, _ = make(1, 4, 6, 8, 8)
+    packed = ops.winograd_f43_pack(weight)
+    with pytest.raises(RuntimeError, match="CPU only"):
+        ops.winograd_conv3x3(x.cuda(), packed.cuda())
+    with pytest.raises(RuntimeError, match="CPU only"):
+        ops.winograd_f43_pack(weight.cuda())
+
+
+def test_opcheck():
+    x, weight, bias, res = make(1, 4, 6, 5, 7)
+    packed = ops.winograd_f43_pack(weight)
+    torch.library.opcheck(torch.ops.scratchdet.winograd_conv3x3.default, (x, packed, bias, res, True),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.scratchdet.winograd_conv3x3.default,
+                          (x.contiguous(memory_format=CL), packed, None, None, False),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.scratchdet.winograd_f43_pack.default, (weight,),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+# ---------------------------------------------------------------- in the fused model
+def test_fused_model_packs_once_and_repacks_after_a_weight_change():
+    model = build_model("root_resnet_tiny", width=8, extra_channels=16).eval()
+    fused = fuse(model)
+    assert use_winograd(fused) > 0
+    conv = next(m for m in fused.modules() if isinstance(m, FusedConvAct) and m.winograd)
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=CL)
+    with torch.no_grad():
+        ref = model.forward_raw(x)
+        out = fused.forward_raw(x)
+        first = conv._wino_packed
+        assert first is not None
+        fused.forward_raw(x)
+        assert conv._wino_packed is first                 # packed once, reused
+        conv.weight.mul_(2.0)                             # an in-place change repacks
+        fused.forward_raw(x)
+        assert conv._wino_packed is not first
+    assert all(rel_err(o, r) < 1e-4 for o, r in zip(out, ref))
+    clone = copy.deepcopy(fused)
+    twin = next(m for m in clone.modules() if isinstance(m, FusedConvAct) and m.winograd)
+    assert twin._wino_packed is None and twin.winograd    # copies drop the cache, keep the switch
+
+
+def test_fused_model_falls_back_to_the_op_off_the_fast_case():
+    model = build_model("root_resnet_tiny", width=8, extra_channels=16).eval()
+    fused = fuse(model)
+    use_winograd(fused)
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():   # float64 is not Winograd's: the op runs it, exactly as without the switch
+        out = fused.double().forward_raw(x)
+        use_winograd(fused, False)
+        plain = fused.forward_raw(x)
+    for o, p in zip(out, plain):
+        torch.testing.assert_close(o, p, rtol=0, atol=0)
