@@ -48,20 +48,7 @@ inline std::vector<int64_t> check_conv_bn_act_args(const at::Tensor& input, cons
                 ") is larger than the padded input (", input.sizes(), ", padding ", padding, ")");
     out_shape[2 + d] = (padded - extent) / stride[d] + 1;
   }
-  if (bias.has_value()) {
-    check_dim(*bias, 1, op, "bias", "[C_out]");
-    TORCH_CHECK(bias->size(0) == c_out, op, ": expected bias of shape [", c_out, "], got shape ",
-                bias->sizes());
-    check_same_dtype(input, *bias, op, "input", "bias");
-    check_same_device(input, *bias, op, "input", "bias");
-  }
-  if (residual.has_value()) {
-    TORCH_CHECK(residual->sizes().vec() == out_shape, op,
-                ": expected residual of the output's shape ", at::IntArrayRef(out_shape), ", got shape ",
-                residual->sizes());
-    check_same_dtype(input, *residual, op, "input", "residual");
-    check_same_device(input, *residual, op, "input", "residual");
-  }
+  check_bias_and_residual(input, bias, residual, out_shape, op);
   return out_shape;
 }
 

@@ -3,6 +3,7 @@
 // make the same checks, in the same order, with the same wording, as
 // scratchdet.ops.reference.check_match_priors_args.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/ArrayRef.h>
 
@@ -75,4 +76,29 @@ inline void check_match_priors_data(const MatchPriorsDataSummary& s, const at::T
   }
 }
 
+// The kernels' inputs, cast to the compute type and made contiguous, and their outputs,
+// allocated like the inputs (so on the device a caller's guard has made current).
+struct MatchPriorsTensors {
+  at::ScalarType dtype;
+  at::Tensor priors, gt_boxes, gt_labels;   // [P, 4], [B, G, 4], [B, G]
+  at::Tensor loc_t, conf_t, matched_iou;    // [B, P, 4], [B, P], [B, P]
+  int64_t B, G, P;
+};
+
+inline MatchPriorsTensors prepare_match_priors(const at::Tensor& priors_in, const at::Tensor& gt_boxes_in,
+                                               const at::Tensor& gt_labels_in) {
+  MatchPriorsTensors t;
+  t.dtype = match_priors_compute_type(priors_in, gt_boxes_in);
+  // Widening casts only (half/float -> float/double): the values, and so the checks, are unchanged.
+  t.priors = priors_in.to(t.dtype).contiguous();
+  t.gt_boxes = gt_boxes_in.to(t.dtype).contiguous();
+  t.gt_labels = gt_labels_in.contiguous();
+  t.B = t.gt_boxes.size(0), t.G = t.gt_boxes.size(1), t.P = t.priors.size(0);
+  t.loc_t = at::empty({t.B, t.P, 4}, t.priors.options());
+  t.conf_t = at::empty({t.B, t.P}, t.gt_labels.options());
+  t.matched_iou = at::empty({t.B, t.P}, t.priors.options());
+  return t;
+}
+
 }  // namespace scratchdet
+

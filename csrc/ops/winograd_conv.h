@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <vector>
 
 #include "common/checks.h"
 #include "common/winograd_f43.h"
@@ -24,21 +25,8 @@ inline void check_winograd_conv3x3_args(const at::Tensor& input, const at::Tenso
   TORCH_CHECK(packed_weight.size(0) == kWinoTile * kWinoTile && packed_weight.size(1) == input.size(1), op,
               ": expected packed_weight of shape [36, C_in, C_out] with C_in = ", input.size(1),
               " (from winograd_f43_pack), got shape ", packed_weight.sizes());
-  const int64_t c_out = packed_weight.size(2);
-  if (bias.has_value()) {
-    check_dim(*bias, 1, op, "bias", "[C_out]");
-    TORCH_CHECK(bias->size(0) == c_out, op, ": expected bias of shape [", c_out, "], got shape ",
-                bias->sizes());
-    check_same_dtype(input, *bias, op, "input", "bias");
-    check_same_device(input, *bias, op, "input", "bias");
-  }
-  if (residual.has_value()) {
-    const std::vector<int64_t> out_shape{input.size(0), c_out, input.size(2), input.size(3)};
-    TORCH_CHECK(residual->sizes().vec() == out_shape, op, ": expected residual of the output's shape ",
-                at::IntArrayRef(out_shape), ", got shape ", residual->sizes());
-    check_same_dtype(input, *residual, op, "input", "residual");
-    check_same_device(input, *residual, op, "input", "residual");
-  }
+  const std::vector<int64_t> out_shape{input.size(0), packed_weight.size(2), input.size(2), input.size(3)};
+  check_bias_and_residual(input, bias, residual, out_shape, op);
 }
 
 inline void check_winograd_f43_pack_args(const at::Tensor& weight) {

@@ -315,6 +315,21 @@ def _pair(v, name: str) -> tuple:
     return pair
 
 
+def _check_bias_and_residual(input, bias, residual, out_shape: list, op: str) -> None:
+    """The conv ops' epilogue operands: bias [C_out], residual of the output's shape, both like input."""
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != out_shape[1]:
+            raise RuntimeError(f"{op}: expected bias of shape [{out_shape[1]}], got shape {list(bias.shape)}")
+        check_same_dtype(input, bias, op, "input", "bias")
+        check_same_device(input, bias, op, "input", "bias")
+    if residual is not None:
+        if list(residual.shape) != out_shape:
+            raise RuntimeError(f"{op}: expected residual of the output's shape {out_shape}, "
+                               f"got shape {list(residual.shape)}")
+        check_same_dtype(input, residual, op, "input", "residual")
+        check_same_device(input, residual, op, "input", "residual")
+
+
 def check_conv_bn_act_args(input, weight, bias, residual, stride, padding, dilation, groups) -> list:
     """The checks of the C++ op, same wording; returns the output shape."""
     op = "conv_bn_act"
@@ -340,17 +355,7 @@ def check_conv_bn_act_args(input, weight, bias, residual, stride, padding, dilat
             raise RuntimeError(f"{op}: the kernel ({list(weight.shape)}, dilation {list(dilation)}) is larger than "
                                f"the padded input ({list(input.shape)}, padding {list(padding)})")
         out_shape.append((padded - extent) // stride[d] + 1)
-    if bias is not None:
-        if bias.dim() != 1 or bias.shape[0] != c_out:
-            raise RuntimeError(f"{op}: expected bias of shape [{c_out}], got shape {list(bias.shape)}")
-        check_same_dtype(input, bias, op, "input", "bias")
-        check_same_device(input, bias, op, "input", "bias")
-    if residual is not None:
-        if list(residual.shape) != out_shape:
-            raise RuntimeError(f"{op}: expected residual of the output's shape {out_shape}, "
-                               f"got shape {list(residual.shape)}")
-        check_same_dtype(input, residual, op, "input", "residual")
-        check_same_device(input, residual, op, "input", "residual")
+    _check_bias_and_residual(input, bias, residual, out_shape, op)
     return out_shape
 
 
@@ -421,17 +426,7 @@ def check_winograd_conv3x3_args(input, packed_weight, bias, residual) -> list:
         raise RuntimeError(f"{op}: expected packed_weight of shape [36, C_in, C_out] with C_in = {input.shape[1]} "
                            f"(from winograd_f43_pack), got shape {list(packed_weight.shape)}")
     out_shape = [input.shape[0], packed_weight.shape[2], input.shape[2], input.shape[3]]
-    if bias is not None:
-        if bias.dim() != 1 or bias.shape[0] != out_shape[1]:
-            raise RuntimeError(f"{op}: expected bias of shape [{out_shape[1]}], got shape {list(bias.shape)}")
-        check_same_dtype(input, bias, op, "input", "bias")
-        check_same_device(input, bias, op, "input", "bias")
-    if residual is not None:
-        if list(residual.shape) != out_shape:
-            raise RuntimeError(f"{op}: expected residual of the output's shape {out_shape}, "
-                               f"got shape {list(residual.shape)}")
-        check_same_dtype(input, residual, op, "input", "residual")
-        check_same_device(input, residual, op, "input", "residual")
+    _check_bias_and_residual(input, bias, residual, out_shape, op)
     return out_shape
 
 

@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
+
 namespace scratchdet {
 
 inline void check_floating(const at::Tensor& t, const char* op, const char* name) {
@@ -40,6 +42,27 @@ inline void check_device(const at::Tensor& t, c10::DeviceType type, const char* 
                          const char* name) {
   TORCH_CHECK(t.device().type() == type, op, ": expected ", name, " on ", type, ", got ",
               t.device());
+}
+
+// The epilogue operands of the conv ops: bias [C_out] and a residual of the output's shape,
+// both with the input's dtype and device.
+inline void check_bias_and_residual(const at::Tensor& input, const std::optional<at::Tensor>& bias,
+                                    const std::optional<at::Tensor>& residual, at::IntArrayRef out_shape,
+                                    const char* op) {
+  const int64_t c_out = out_shape[1];
+  if (bias.has_value()) {
+    check_dim(*bias, 1, op, "bias", "[C_out]");
+    TORCH_CHECK(bias->size(0) == c_out, op, ": expected bias of shape [", c_out, "], got shape ",
+                bias->sizes());
+    check_same_dtype(input, *bias, op, "input", "bias");
+    check_same_device(input, *bias, op, "input", "bias");
+  }
+  if (residual.has_value()) {
+    TORCH_CHECK(residual->sizes() == out_shape, op, ": expected residual of the output's shape ", out_shape,
+                ", got shape ", residual->sizes());
+    check_same_dtype(input, *residual, op, "input", "residual");
+    check_same_device(input, *residual, op, "input", "residual");
+  }
 }
 
 }  // namespace scratchdet

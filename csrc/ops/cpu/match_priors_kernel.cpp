@@ -162,15 +162,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_priors_cpu(const at::Tensor
                                                                 c10::ArrayRef<double> variances) {
   check_match_priors_args(priors_in, gt_boxes_in, gt_labels_in, iou_threshold, variances);
   check_device(priors_in, c10::kCPU, "match_priors", "priors");
-  const auto dtype = match_priors_compute_type(priors_in, gt_boxes_in);
-  // Widening casts only (half/float -> float/double): the values, and so the checks, are unchanged.
-  const auto priors = priors_in.to(dtype).contiguous();
-  const auto gt_boxes = gt_boxes_in.to(dtype).contiguous();
-  const auto gt_labels = gt_labels_in.contiguous();
-  const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), P = priors.size(0);
-  auto loc_t = at::empty({B, P, 4}, priors.options());
-  auto conf_t = at::empty({B, P}, gt_labels.options());
-  auto matched_iou = at::empty({B, P}, priors.options());
+  auto [dtype, priors, gt_boxes, gt_labels, loc_t, conf_t, matched_iou, B, G, P] =
+      prepare_match_priors(priors_in, gt_boxes_in, gt_labels_in);
 
   AT_DISPATCH_FLOATING_TYPES(dtype, "match_priors_cpu", [&] {
     const scalar_t* pr = priors.const_data_ptr<scalar_t>();

@@ -184,14 +184,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_priors_cuda(const at::Tenso
   check_match_priors_args(priors_in, gt_boxes_in, gt_labels_in, iou_threshold, variances);
   check_device(priors_in, c10::kCUDA, "match_priors", "priors");
   const c10::cuda::CUDAGuard guard(priors_in.device());
-  const auto dtype = match_priors_compute_type(priors_in, gt_boxes_in);
-  const auto priors = priors_in.to(dtype).contiguous();
-  const auto gt_boxes = gt_boxes_in.to(dtype).contiguous();
-  const auto gt_labels = gt_labels_in.contiguous();
-  const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), P = priors.size(0);
-  auto loc_t = at::empty({B, P, 4}, priors.options());
-  auto conf_t = at::empty({B, P}, gt_labels.options());
-  auto matched_iou = at::empty({B, P}, priors.options());
+  auto [dtype, priors, gt_boxes, gt_labels, loc_t, conf_t, matched_iou, B, G, P] =
+      prepare_match_priors(priors_in, gt_boxes_in, gt_labels_in);
   auto stream = at::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES(dtype, "match_priors_cuda", [&] {
