@@ -244,3 +244,18 @@ def test_fused_model_falls_back_to_the_op_off_the_fast_case():
         plain = fused.forward_raw(x)
     for o, p in zip(out, plain):
         torch.testing.assert_close(o, p, rtol=0, atol=0)
+
+
+def test_fused_conv_pickled_before_the_switches_existed_still_runs():
+    import pickle
+
+    conv = FusedConvAct(torch.randn(4, 3, 3, 3), torch.randn(4), [1, 1], [1, 1], [1, 1], 1, True)
+    for name in ("winograd", "_wino_packed", "prepack", "_packed"):   # an object from an older version
+        del conv.__dict__[name]
+    old = pickle.loads(pickle.dumps(conv))
+    assert not old.winograd and not old.prepack
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(old(x), torch.relu(F.conv2d(x, conv.weight, conv.bias, padding=1)))
+        assert use_winograd(old) == 1
+        assert rel_err(old(x), torch.relu(F.conv2d(x, conv.weight, conv.bias, padding=1))) < 5e-5

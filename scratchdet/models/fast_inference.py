@@ -40,8 +40,9 @@ class FastPredictor:
             ``conv_bn_act`` op. ``None`` (default): whenever this torch build has oneDNN.
         winograd: on CPU in float32, run the 3x3 stride-1 convs (most of the network's
             time) through Winograd F(4x4, 3x3) (:func:`scratchdet.ops.winograd_conv3x3`):
-            ~1.5x faster convs, outputs equal to the direct conv's within ~1e-5 relative
-            (rounding). ``None`` (default): on CPU float32. ``conv_backend`` says what runs.
+            1.6-2x faster than oneDNN on those layers (benchmarks/RESULTS.md), outputs
+            equal to the direct conv's within ~1e-5 relative (rounding). ``None``
+            (default): on CPU float32. ``conv_backend`` says what runs.
     """
 
     def __init__(self, model, dtype: torch.dtype = torch.float32, channels_last: bool = True,

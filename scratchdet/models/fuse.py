@@ -47,6 +47,12 @@ class FusedConvAct(_InferenceOnly):
     ``model.parameters()`` see them).
     """
 
+    # class-level defaults, so fused models pickled before these switches existed still load and run
+    prepack = False
+    winograd = False
+    _packed = None
+    _wino_packed = None
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation, groups: int,
                  relu: bool):
         super().__init__()
