@@ -52,6 +52,8 @@ def winograd_conv3x3(input: torch.Tensor, packed_weight: torch.Tensor, bias: tor
     output is written once. It differs from ``conv2d`` by rounding only: about 1e-5 relative
     per layer, 3e-6 at the end of Root-ResNet-34 SSD300 (tests/test_winograd.py). The output
     has the input's memory format; channels_last input is the fast case (NCHW is converted).
+    Non-finite input stays non-finite (a NaN propagates through ReLU), but an ``inf`` may come
+    out as NaN where a direct conv gives ``inf``: the transforms subtract neighbouring pixels.
     """
     if _HAS_KERNEL:
         return torch.ops.scratchdet.winograd_conv3x3(input, packed_weight, bias, residual, bool(relu))
