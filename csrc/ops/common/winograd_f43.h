@@ -11,6 +11,15 @@
 // done once, in double (winograd_f43_pack does).
 #include "macros.h"
 
+// Always inlined on the host: the CPU kernel calls these from functions compiled twice (AVX2 and
+// baseline clones), and an out-of-line copy would be compiled for the baseline only, taking its
+// vectors through memory.
+#if defined(__CUDACC__) || defined(__HIPCC__) || !defined(__GNUC__)
+#define SD_WINO_INLINE SD_HOST_DEVICE
+#else
+#define SD_WINO_INLINE inline __attribute__((always_inline))
+#endif
+
 namespace scratchdet {
 
 constexpr int kWinoTile = 6;   // input tile side (m + r - 1)
@@ -18,7 +27,7 @@ constexpr int kWinoOut = 4;    // output tile side (m)
 
 // One row/column of B^T d.
 template <typename T>
-SD_HOST_DEVICE void winograd_f43_input_1d(const T d0, const T d1, const T d2, const T d3, const T d4,
+SD_WINO_INLINE void winograd_f43_input_1d(const T d0, const T d1, const T d2, const T d3, const T d4,
                                           const T d5, T* r, int stride) {
   r[0 * stride] = 4.0f * d0 - 5.0f * d2 + d4;
   r[1 * stride] = d3 + d4 - 4.0f * (d1 + d2);
@@ -30,7 +39,7 @@ SD_HOST_DEVICE void winograd_f43_input_1d(const T d0, const T d1, const T d2, co
 
 // v = B^T d B for a 6x6 tile, both row-major.
 template <typename T>
-SD_HOST_DEVICE void winograd_f43_input_transform(const T* d, T* v) {
+SD_WINO_INLINE void winograd_f43_input_transform(const T* d, T* v) {
   T t[36];
   for (int c = 0; c < 6; ++c)  // columns: t = B^T d
     winograd_f43_input_1d(d[c], d[6 + c], d[12 + c], d[18 + c], d[24 + c], d[30 + c], t + c, 6);
@@ -41,7 +50,7 @@ SD_HOST_DEVICE void winograd_f43_input_transform(const T* d, T* v) {
 
 // One row/column of A^T m.
 template <typename T>
-SD_HOST_DEVICE void winograd_f43_output_1d(const T m0, const T m1, const T m2, const T m3, const T m4,
+SD_WINO_INLINE void winograd_f43_output_1d(const T m0, const T m1, const T m2, const T m3, const T m4,
                                            const T m5, T* o, int stride) {
   const T a = m1 + m2, b = m1 - m2, c = m3 + m4, e = m3 - m4;
   o[0 * stride] = m0 + a + c;
@@ -52,7 +61,7 @@ SD_HOST_DEVICE void winograd_f43_output_1d(const T m0, const T m1, const T m2, c
 
 // y = A^T m A: a 6x6 tile of products to a 4x4 output tile, both row-major.
 template <typename T>
-SD_HOST_DEVICE void winograd_f43_output_transform(const T* m, T* y) {
+SD_WINO_INLINE void winograd_f43_output_transform(const T* m, T* y) {
   T t[24];  // 4 rows x 6 columns
   for (int c = 0; c < 6; ++c)
     winograd_f43_output_1d(m[c], m[6 + c], m[12 + c], m[18 + c], m[24 + c], m[30 + c], t + c, 6);
@@ -63,7 +72,7 @@ SD_HOST_DEVICE void winograd_f43_output_transform(const T* m, T* y) {
 
 // One row/column of G g.
 template <typename T>
-SD_HOST_DEVICE void winograd_f43_filter_1d(const T g0, const T g1, const T g2, T* u, int stride) {
+SD_WINO_INLINE void winograd_f43_filter_1d(const T g0, const T g1, const T g2, T* u, int stride) {
   u[0 * stride] = g0 / T(4);
   u[1 * stride] = -(g0 + g1 + g2) / T(6);
   u[2 * stride] = -(g0 - g1 + g2) / T(6);
@@ -74,7 +83,7 @@ SD_HOST_DEVICE void winograd_f43_filter_1d(const T g0, const T g1, const T g2, T
 
 // u = G g G^T: a 3x3 filter (row-major) to its 6x6 transform (row-major).
 template <typename T>
-SD_HOST_DEVICE void winograd_f43_filter_transform(const T* g, T* u) {
+SD_WINO_INLINE void winograd_f43_filter_transform(const T* g, T* u) {
   T t[18];  // 6 rows x 3 columns
   for (int c = 0; c < 3; ++c) winograd_f43_filter_1d(g[c], g[3 + c], g[6 + c], t + c, 3);
   for (int r = 0; r < 6; ++r) winograd_f43_filter_1d(t[3 * r], t[3 * r + 1], t[3 * r + 2], u + 6 * r, 1);

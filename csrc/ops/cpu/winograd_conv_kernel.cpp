@@ -36,17 +36,27 @@ namespace scratchdet {
 namespace {
 
 // GCC/Clang vector of 8 floats: one AVX register where the build or clone targets AVX2,
-// two SSE registers otherwise. aligned(4) lets loads and stores go through memcpy unaligned.
+// two SSE registers otherwise. Loads and stores go through memcpy, so they may be unaligned.
 typedef float vec8 __attribute__((vector_size(32)));
 constexpr int kLanes = 8;
 constexpr int kPos = kWinoTile * kWinoTile;  // 36 transform positions
 
-inline vec8 load8(const float* p) {
+// The transforms run on 8 channels at a time (vec8) and on the channel tail one at a time
+// (float): the same code for both lane types.
+template <typename T>
+inline T load_lanes(const float* p);
+template <>
+inline vec8 load_lanes<vec8>(const float* p) {
   vec8 v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline void store8(float* p, vec8 v) { std::memcpy(p, &v, sizeof(v)); }
+template <>
+inline float load_lanes<float>(const float* p) { return *p; }
+inline void store_lanes(float* p, vec8 v) { std::memcpy(p, &v, sizeof(v)); }
+inline void store_lanes(float* p, float v) { *p = v; }
+
+#define SD_ALWAYS_INLINE inline __attribute__((always_inline))
 
 // ---- BLAS ------------------------------------------------------------------------------------
 // The GEMMs are small (tiles-per-chunk x C_in x C_out) and many (36 per chunk), so they go
@@ -100,6 +110,24 @@ inline void tile_origin(const Geometry& g, int64_t t, int64_t& n, int64_t& oy, i
 }
 
 // ---- phase 1: input transform ----------------------------------------------------------------
+// One tile's channels [c, c + lanes): gather the 6x6 patch (zeros past the edges), transform,
+// scatter to the 36 position rows of v.
+template <typename T>
+SD_ALWAYS_INLINE void input_tile(const Geometry& g, const float* img, int64_t y0, int64_t x0, bool interior,
+                                 int64_t c, float* dst, int64_t pos_stride) {
+  T d[kPos], u[kPos];
+  for (int i = 0; i < kWinoTile; ++i) {
+    const int64_t yy = y0 + i;
+    for (int j = 0; j < kWinoTile; ++j) {
+      const int64_t xx = x0 + j;
+      const bool inside = interior || (yy >= 0 && yy < g.height && xx >= 0 && xx < g.width);
+      d[i * kWinoTile + j] = inside ? load_lanes<T>(img + (yy * g.width + xx) * g.c_in + c) : T{};
+    }
+  }
+  winograd_f43_input_transform(d, u);
+  for (int p = 0; p < kPos; ++p) store_lanes(dst + p * pos_stride + c, u[p]);
+}
+
 // Tiles [t_begin, t_end) of the chunk starting at chunk_begin; v is [36][chunk_len][C_in].
 SD_CPU_CLONES
 void input_transform(const Geometry& g, const float* x, float* v, int64_t chunk_begin, int64_t chunk_len,
@@ -113,53 +141,30 @@ void input_transform(const Geometry& g, const float* x, float* v, int64_t chunk_
     const float* img = x + n * g.height * g.width * C;
     float* dst = v + (t - chunk_begin) * C;
     int64_t c = 0;
-    for (; c + kLanes <= C; c += kLanes) {
-      vec8 d[kPos], u[kPos];
-      for (int i = 0; i < kWinoTile; ++i) {
-        const int64_t yy = y0 + i;
-        for (int j = 0; j < kWinoTile; ++j) {
-          const int64_t xx = x0 + j;
-          if (interior || (yy >= 0 && yy < g.height && xx >= 0 && xx < g.width)) {
-            d[i * kWinoTile + j] = load8(img + (yy * g.width + xx) * C + c);
-          } else {
-            d[i * kWinoTile + j] = vec8{};
-          }
-        }
-      }
-      winograd_f43_input_transform(d, u);
-      for (int p = 0; p < kPos; ++p) store8(dst + p * pos_stride + c, u[p]);
-    }
-    for (; c < C; ++c) {  // channel tail, one at a time
-      float d[kPos], u[kPos];
-      for (int i = 0; i < kWinoTile; ++i) {
-        const int64_t yy = y0 + i;
-        for (int j = 0; j < kWinoTile; ++j) {
-          const int64_t xx = x0 + j;
-          d[i * kWinoTile + j] = (yy >= 0 && yy < g.height && xx >= 0 && xx < g.width)
-                                     ? img[(yy * g.width + xx) * C + c] : 0.0f;
-        }
-      }
-      winograd_f43_input_transform(d, u);
-      for (int p = 0; p < kPos; ++p) dst[p * pos_stride + c] = u[p];
-    }
+    for (; c + kLanes <= C; c += kLanes) input_tile<vec8>(g, img, y0, x0, interior, c, dst, pos_stride);
+    for (; c < C; ++c) input_tile<float>(g, img, y0, x0, interior, c, dst, pos_stride);
   }
 }
 
 // ---- phase 3: output transform + epilogue ----------------------------------------------------
-template <bool kResidual, bool kRelu, bool kBias>
-inline vec8 finish(vec8 y, const float* bias, const float* res) {
-  if constexpr (kBias) y += load8(bias);
-  if constexpr (kResidual) y += load8(res);
-  if constexpr (kRelu) y = (y < vec8{}) ? vec8{} : y;  // NaN compares false: stays NaN, like torch.relu
-  return y;
-}
-
-template <bool kResidual, bool kRelu, bool kBias>
-inline float finish1(float y, const float* bias, const float* res) {
-  if constexpr (kBias) y += *bias;
-  if constexpr (kResidual) y += *res;
-  if constexpr (kRelu) y = (y < 0.0f) ? 0.0f : y;
-  return y;
+// One tile's channels [c, c + lanes): gather its 36 products, transform, add bias (and residual),
+// ReLU, and store the part of the 4x4 tile inside the image (rows x cols from pixel base).
+template <typename T, bool kResidual, bool kRelu, bool kBias>
+SD_ALWAYS_INLINE void output_tile(const Geometry& g, const float* src, int64_t pos_stride, const float* bias,
+                                  const float* residual, float* out, int64_t base, int rows, int cols, int64_t c) {
+  T s[kPos], y[kWinoOut * kWinoOut];
+  for (int p = 0; p < kPos; ++p) s[p] = load_lanes<T>(src + p * pos_stride + c);
+  winograd_f43_output_transform(s, y);
+  for (int i = 0; i < rows; ++i) {
+    for (int j = 0; j < cols; ++j) {
+      const int64_t o = base + (i * g.width + j) * g.c_out + c;
+      T v = y[i * kWinoOut + j];
+      if constexpr (kBias) v += load_lanes<T>(bias + c);
+      if constexpr (kResidual) v += load_lanes<T>(residual + o);
+      if constexpr (kRelu) v = (v < T{}) ? T{} : v;  // NaN compares false: stays NaN, like torch.relu
+      store_lanes(out + o, v);
+    }
+  }
 }
 
 template <bool kResidual, bool kRelu, bool kBias>
@@ -175,30 +180,10 @@ void output_transform(const Geometry& g, const float* m, const float* bias, cons
     const int64_t base = (n * g.height * g.width + oy * g.width + ox) * C;
     const float* src = m + (t - chunk_begin) * C;
     int64_t c = 0;
-    for (; c + kLanes <= C; c += kLanes) {
-      vec8 s[kPos], y[kWinoOut * kWinoOut];
-      for (int p = 0; p < kPos; ++p) s[p] = load8(src + p * pos_stride + c);
-      winograd_f43_output_transform(s, y);
-      for (int i = 0; i < rows; ++i) {
-        for (int j = 0; j < cols; ++j) {
-          const int64_t o = base + (i * g.width + j) * C + c;
-          store8(out + o, finish<kResidual, kRelu, kBias>(y[i * kWinoOut + j], bias + c,
-                                                          kResidual ? residual + o : nullptr));
-        }
-      }
-    }
-    for (; c < C; ++c) {
-      float s[kPos], y[kWinoOut * kWinoOut];
-      for (int p = 0; p < kPos; ++p) s[p] = src[p * pos_stride + c];
-      winograd_f43_output_transform(s, y);
-      for (int i = 0; i < rows; ++i) {
-        for (int j = 0; j < cols; ++j) {
-          const int64_t o = base + (i * g.width + j) * C + c;
-          out[o] = finish1<kResidual, kRelu, kBias>(y[i * kWinoOut + j], bias + c,
-                                                    kResidual ? residual + o : nullptr);
-        }
-      }
-    }
+    for (; c + kLanes <= C; c += kLanes)
+      output_tile<vec8, kResidual, kRelu, kBias>(g, src, pos_stride, bias, residual, out, base, rows, cols, c);
+    for (; c < C; ++c)
+      output_tile<float, kResidual, kRelu, kBias>(g, src, pos_stride, bias, residual, out, base, rows, cols, c);
   }
 }
 
