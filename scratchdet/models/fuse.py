@@ -47,11 +47,12 @@ class FusedConvAct(_InferenceOnly):
     ``model.parameters()`` see them).
     """
 
-    # class-level defaults, so fused models pickled before these switches existed still load and run
-    prepack = False
-    winograd = False
-    _packed = None
-    _wino_packed = None
+    # Backend switches and caches. Class-level defaults, so fused models pickled before a switch
+    # existed still load and run; instances set them through use_onednn_prepack / use_winograd.
+    prepack = False                     # CPU fp32 through a prepacked oneDNN weight
+    winograd = False                    # CPU fp32 3x3 stride 1 through Winograd F(4x4, 3x3)
+    _packed = None                      # (weight version key, packed weight); never saved or copied
+    _wino_packed = None                 # the same for the Winograd-transformed weight
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation, groups: int,
                  relu: bool):
@@ -61,10 +62,6 @@ class FusedConvAct(_InferenceOnly):
         self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
         self.groups, self.relu = int(groups), bool(relu)
         self.training = False
-        self.prepack = False            # set by use_onednn_prepack(): CPU fp32 through a prepacked oneDNN weight
-        self.winograd = False           # set by use_winograd(): CPU fp32 3x3 stride 1 through Winograd F(4x4, 3x3)
-        self._packed = None             # (weight version key, packed weight); never saved or copied
-        self._wino_packed = None        # the same for the Winograd-transformed weight
 
     @classmethod
     def from_conv_bn_act(cls, block: ConvBNAct, relu: bool | None = None) -> "FusedConvAct":

@@ -396,7 +396,8 @@ def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None, running_mea
 
 # --------------------------------------------------------------------------- winograd_conv3x3
 # (issue: fused BN-conv inference; the CPU algorithm for the fused network's 3x3 stride-1 convs)
-__all__ += ["WINOGRAD_F43", "check_winograd_conv3x3_args", "winograd_f43_pack", "winograd_conv3x3"]
+__all__ += ["WINOGRAD_F43", "check_winograd_conv3x3_args", "check_winograd_f43_pack_args", "winograd_f43_pack",
+            "winograd_conv3x3"]
 
 # Winograd F(4x4, 3x3) (Lavin & Gray 2016; points 0, +-1, +-2, inf): Y = A^T [(G g G^T) . (B^T d B)] A
 WINOGRAD_F43 = {
@@ -430,15 +431,20 @@ def check_winograd_conv3x3_args(input, packed_weight, bias, residual) -> list:
     return out_shape
 
 
-def winograd_f43_pack(weight: torch.Tensor) -> torch.Tensor:
-    """``G g G^T`` of every 3x3 filter of ``weight [C_out, C_in, 3, 3]``, computed in float64:
-    float32 ``[36, C_in, C_out]`` (transform position ``6*i + j`` first, as the GEMMs take it)."""
+def check_winograd_f43_pack_args(weight) -> None:
+    """The checks of the C++ op, same wording."""
     op = "winograd_f43_pack"
     check_shape(weight, 4, None, op, "weight", "[C_out, C_in, 3, 3]")
     if weight.shape[2:] != (3, 3):
         raise RuntimeError(f"{op}: expected a 3x3 weight [C_out, C_in, 3, 3], got shape {list(weight.shape)}")
     if weight.dtype not in (torch.float32, torch.float64):
         raise RuntimeError(f"{op}: expected weight of dtype float32 or float64, got {weight.dtype}")
+
+
+def winograd_f43_pack(weight: torch.Tensor) -> torch.Tensor:
+    """``G g G^T`` of every 3x3 filter of ``weight [C_out, C_in, 3, 3]``, computed in float64:
+    float32 ``[36, C_in, C_out]`` (transform position ``6*i + j`` first, as the GEMMs take it)."""
+    check_winograd_f43_pack_args(weight)
     w = weight.double()
     g = _wino("G", w)
     u = torch.einsum("ak,oikl,bl->abio", g, w, g)            # [6, 6, C_in, C_out]

@@ -22,9 +22,7 @@ if _HAS_KERNEL:
 
     @torch.library.register_fake("scratchdet::winograd_f43_pack")
     def _winograd_f43_pack_fake(weight):
-        if weight.dim() != 4:
-            raise RuntimeError(f"winograd_f43_pack: expected weight of shape [C_out, C_in, 3, 3], "
-                               f"got shape {list(weight.shape)}")
+        reference.check_winograd_f43_pack_args(weight)
         return weight.new_empty(36, weight.shape[1], weight.shape[0], dtype=torch.float32)
 
 
