@@ -9,7 +9,8 @@ import scratchdet
 from scratchdet.models import BasicBlock, ConvBNAct, build_model, list_models
 from scratchdet.models.fast_inference import FastPredictor
 from scratchdet.models import onednn
-from scratchdet.models.fuse import FusedBasicBlock, FusedConvAct, fuse, use_onednn_prepack, use_winograd
+from scratchdet.models.conv_backends import use_onednn_prepack, use_winograd
+from scratchdet.models.fuse import FusedBasicBlock, FusedConvAct, fuse
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN")
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from scratchdet import ops
 from scratchdet.models import build_model
-from scratchdet.models.fuse import FusedConvAct, fuse, use_winograd
+from scratchdet.models.conv_backends import use_winograd
+from scratchdet.models.fuse import FusedConvAct, fuse
 from scratchdet.ops import reference
 from helpers import non_contiguous
 

@@ -1,8 +1,9 @@
 """`scratchdet demo`: the README's main job, end to end on a 2-core CPU in about 10 minutes.
 
 Generates the synthetic shapes data set, trains a small Root-ResNet SSD from
-scratch (BN in backbone and head, lr 0.05), evaluates VOC07 mAP on the held-out
-split, and writes a picture of detections, the training curves and summary.json.
+scratch (root_resnet_demo: BN throughout the backbone, plain predictor convs;
+lr 0.05), evaluates VOC07 mAP on the held-out split, and writes a picture of
+detections, the training curves and summary.json.
 """
 from __future__ import annotations
 

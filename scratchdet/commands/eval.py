@@ -27,14 +27,14 @@ def register(sub):
 def run(args):
     from ._common import existing_dir, existing_file, load_model, pick_device, writable_dir
     from ..data import COCODataset, SSDTransform, VOCDataset
-    from ..engine.evaluate import predict_dataset
-    from ..evaluation import coco_eval, detections_to_coco, format_ap_table, plot_pr_curves, voc_eval
+    from ..engine.evaluate import evaluate_model
+    from ..evaluation import format_ap_table, plot_pr_curves
 
     device = pick_device(args.device)
     if not args.data and not args.coco_json:
         raise CLIError("give --data (VOC layout) or --coco-images/--coco-json")
     model = load_model(args.weights, device)
-    tf = SSDTransform(model.config["image_size"], train=False)
+    tf = SSDTransform.from_config(model.config, train=False)   # the pixels model.predict sees
     if args.coco_json:
         existing_file(args.coco_json, "COCO annotation json")
         existing_dir(args.coco_images or "", "COCO image folder")
@@ -43,16 +43,13 @@ def run(args):
         existing_dir(args.data, "data folder")
         dataset = VOCDataset(args.data, split=args.split, transform=tf)
     out = writable_dir(args.out) if args.out else None
-    detections, annotations = predict_dataset(model, dataset, args.batch_size, device)
-    result = voc_eval(detections, annotations, iou_threshold=0.5, use_07_metric=args.metric == "voc07",
-                      pixel_inclusive=not args.coco_json, return_curves=True)
+    result = evaluate_model(model, dataset, args.batch_size, device, use_07_metric=args.metric == "voc07",
+                            return_curves=True)
     print(format_ap_table(result, dataset.classes))
     summary = {"metric": args.metric, "map": result["map"],
                "ap": {dataset.classes[int(k) - 1]: v for k, v in result["ap"].items()}}
-    if args.coco_json:
-        image_ids = [a["image_id"] for a in annotations]
-        coco_results = detections_to_coco(detections, image_ids, dataset.label_to_cat_id)
-        summary["coco"] = coco_eval(args.coco_json, coco_results, image_ids=image_ids)
+    if "coco" in result:
+        summary["coco"] = result["coco"]
         print(json.dumps(summary["coco"], indent=2))
     if out:
         with open(os.path.join(out, "results.json"), "w") as f:

@@ -43,6 +43,11 @@ class DetectionDataset(torch.utils.data.Dataset):
     count is per process: DataLoader workers each keep their own list.
     """
 
+    # Box convention for VOC mAP: True where boxes are inclusive pixel indices (VOC), so the
+    # devkit's +1 widths apply; False for continuous coordinates (COCO). Read by
+    # scratchdet.engine.evaluate.pixel_inclusive, the one place evaluation picks it.
+    pixel_inclusive = False
+
     def __init__(self, records, classes, transform=None, skip_bad_images=False):
         self.classes = list(classes)
         self.transform = transform

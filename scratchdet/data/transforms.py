@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from ..constants import MEAN, STD
+from .preprocess import RESIZE_FILTERS, check_input_spec, normalise, resize_and_normalise, to_pil_rgb
 
 # RGB <-> YIQ: luma plus two chroma axes; scaling the chroma is saturation, rotating it is hue.
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
@@ -77,10 +78,12 @@ class SSDTransform:
 
     Called as ``transform(image, target, index=None)`` with a PIL image and a
     target holding pixel ``boxes`` [M,4], ``labels`` [M], ``difficult`` [M] and
-    ``image_id``. Returns (image tensor [3,size,size] normalised with
-    scratchdet.constants MEAN/STD, target) where the target's boxes are
-    normalised (x1, y1, x2, y2) in [0, 1], every one with x2 > x1 and y2 > y1,
-    and ``orig_size`` is the input (height, width).
+    ``image_id``. Returns (image tensor [3,size,size] normalised with ``mean`` and
+    ``std``, target) where the target's boxes are normalised (x1, y1, x2, y2) in
+    [0, 1], every one with x2 > x1 and y2 > y1, and ``orig_size`` is the input
+    (height, width). The evaluation pixels are exactly
+    :func:`scratchdet.data.preprocess.preprocess`'s; :meth:`from_config` takes the
+    size, mean, std and resize filter from a model's config.
 
     Args:
         size: output side in pixels.
@@ -93,13 +96,19 @@ class SSDTransform:
         min_crop: smallest crop side as a fraction of the (expanded) image.
         flip_prob: horizontal flip probability.
         photometric: apply the photometric distortion.
+        mean, std: per-channel normalisation of [0, 1] RGB.
+        resize: the resampling filter (``scratchdet.data.preprocess.RESIZE_FILTERS``).
     """
 
     def __init__(self, size, train=True, seed=None, drop_difficult=False, expand_prob=0.5, max_expand=4.0,
                  min_ious=(0.1, 0.3, 0.5, 0.7, 0.9), min_crop=0.3, flip_prob=0.5, photometric=True,
-                 mean=MEAN, std=STD):
+                 mean=MEAN, std=STD, resize="bilinear"):
         if int(size) <= 0:
             raise ValueError(f"SSDTransform: size must be positive, got {size}")
+        try:
+            check_input_spec(size, mean, std, resize)
+        except ValueError as exc:
+            raise ValueError(f"SSDTransform: {exc}") from None
         if max_expand < 1.0:
             raise ValueError(f"SSDTransform: max_expand must be >= 1, got {max_expand}")
         self.size = int(size)
@@ -112,9 +121,16 @@ class SSDTransform:
         self.min_crop = min_crop
         self.flip_prob = flip_prob
         self.photometric = photometric
-        self.mean = np.asarray(mean, np.float32)
-        self.std = np.asarray(std, np.float32)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.resize = resize
         self._calls = 0
+
+    @classmethod
+    def from_config(cls, config: dict, train: bool = False, **options) -> "SSDTransform":
+        """The transform for a model with this ``model.config``: its input size, mean, std and resize filter."""
+        spec = {k: config[k] for k in ("mean", "std", "resize") if k in config}
+        return cls(config["image_size"], train=train, **spec, **options)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -132,10 +148,7 @@ class SSDTransform:
         return np.random.default_rng((int(self.seed), self.epoch, int(index)))
 
     def __call__(self, image, target, index=None):
-        if not isinstance(image, Image.Image):
-            image = Image.fromarray(np.asarray(image))
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        image = to_pil_rgb(image)
         w, h = image.size
         boxes = np.asarray(target["boxes"], np.float64).reshape(-1, 4)
         labels = np.asarray(target["labels"], np.int64).reshape(-1)
@@ -148,7 +161,7 @@ class SSDTransform:
             pixels, boxes, keep = self._augment(image, boxes, rng)
             labels, difficult = labels[keep], difficult[keep]
         else:
-            pixels = self._normalise(image.resize((self.size, self.size), Image.BILINEAR), np.eye(3), np.zeros(3))
+            pixels = resize_and_normalise(image, self.size, self.mean, self.std, self.resize)
             boxes = boxes / np.array([w, h, w, h], np.float64)
         boxes = np.clip(boxes, 0.0, 1.0).astype(np.float32)
         valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
@@ -157,36 +170,11 @@ class SSDTransform:
                "difficult": torch.from_numpy(difficult[valid]),
                "image_id": target.get("image_id"),
                "orig_size": (h, w)}
-        return torch.from_numpy(pixels), out
-
-    def _normalise(self, patch, m, b):
-        """PIL patch -> float32 [3, h, w]: clip(M x + b, 0, 255) then (x/255 - mean)/std.
-
-        The 3x3 product is written as nine scaled adds on channel planes rather
-        than a matmul: numpy hands small matmuls to a multi-threaded BLAS, which
-        oversubscribes the CPU when DataLoader workers already use every core.
-        """
-        pw, ph = patch.size
-        x = np.asarray(patch, dtype=np.float32).transpose(2, 0, 1).reshape(3, -1)
-        if np.array_equal(m, np.eye(3)) and not b.any():
-            out = x.copy()
-        else:
-            m, b = m.astype(np.float32), b.astype(np.float32)
-            out = np.empty_like(x)
-            for c in range(3):
-                o = out[c]
-                np.multiply(x[0], m[c, 0], out=o)
-                o += m[c, 1] * x[1]
-                o += m[c, 2] * x[2]
-                o += b[c]
-            np.clip(out, 0.0, 255.0, out=out)
-        out *= (1.0 / (255.0 * self.std))[:, None]
-        out -= (self.mean / self.std)[:, None]
-        return out.reshape(3, ph, pw)
+        return pixels, out
 
     def _augment(self, image, boxes, rng):
         w, h = image.size
-        m, b = _pixel_affine(rng) if self.photometric else (np.eye(3), np.zeros(3))
+        affine = _pixel_affine(rng) if self.photometric else None
         # Expand: the image sits at (left, top) on a (w*r, h*r) canvas of mean colour.
         left = top = 0.0
         cw, ch = float(w), float(h)
@@ -216,12 +204,12 @@ class SSDTransform:
         if ox2 > ox1 and oy2 > oy1:
             src = (min(max(ox1 / sx + crop[0] - left, 0.0), w), min(max(oy1 / sy + crop[1] - top, 0.0), h),
                    min(max(ox2 / sx + crop[0] - left, 0.0), w), min(max(oy2 / sy + crop[1] - top, 0.0), h))
-            patch = image.resize((ox2 - ox1, oy2 - oy1), Image.BILINEAR, box=src)
+            patch = image.resize((ox2 - ox1, oy2 - oy1), RESIZE_FILTERS[self.resize], box=src)
             if flip:
                 patch = patch.transpose(Image.FLIP_LEFT_RIGHT)
                 ox1, ox2 = s - ox2, s - ox1
-            canvas[:, oy1:oy2, ox1:ox2] = self._normalise(patch, m, b)
-        return canvas, boxes, keep
+            canvas[:, oy1:oy2, ox1:ox2] = normalise(patch, self.mean, self.std, affine)
+        return torch.from_numpy(canvas), boxes, keep
 
     def _sample_crop(self, rng, w, h, boxes, trials=50, max_modes=16):
         """mmdet/SSD MinIoURandomCrop: returns (crop x1, y1, x2, y2) and which boxes it keeps.

@@ -104,6 +104,8 @@ class VOCDataset(DetectionDataset):
     that counts them. Unknown class names and malformed XML raise errors naming the file.
     """
 
+    pixel_inclusive = True      # 0-based inclusive pixel indices: the devkit's +1 widths apply
+
     def __init__(self, root, split="trainval", classes=None, transform=None, skip_bad_images=False,
                  image_ext=".jpg"):
         roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)

@@ -7,10 +7,11 @@ from .config import TrainConfig
 from .distributed import DistInfo, barrier
 
 
-def model_image_size(cfg: TrainConfig) -> int:
+def model_config(cfg: TrainConfig) -> dict:
+    """The resolved builder arguments of the model ``cfg`` trains (its input spec included)."""
     from ..models.registry import resolve_config
 
-    return int(resolve_config(cfg.model, **cfg.model_overrides)["image_size"])
+    return resolve_config(cfg.model, **cfg.model_overrides)
 
 
 def ensure_synthetic(root: str, num_train: int = 1200, num_val: int = 300, seed: int = 0,
@@ -31,12 +32,12 @@ def build_datasets(cfg: TrainConfig, dist: DistInfo | None = None):
     """(train_set, val_set, class_names); train has the SSD augmentation, val the eval transform."""
     from ..data import COCODataset, SSDTransform, VOCDataset
 
-    size = model_image_size(cfg)
+    spec = model_config(cfg)
     try:
-        train_tf = SSDTransform(size, train=True, seed=cfg.seed, **cfg.augment)
+        train_tf = SSDTransform.from_config(spec, train=True, seed=cfg.seed, **cfg.augment)
     except TypeError as exc:
         raise ValueError(f"bad augment option: {exc}") from None
-    val_tf = SSDTransform(size, train=False)
+    val_tf = SSDTransform.from_config(spec, train=False)
     if cfg.dataset in ("voc", "synth"):
         if not cfg.data_root:
             raise ValueError("data_root is not set: pass --data DIR")

@@ -61,8 +61,9 @@ class Trainer:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.net = self.model
         if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # device_ids=None: DDP leaves the inputs where they are, so the targets reach the model on
+            # the host, where it checks them before its own device copy
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=None)
         self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.weight_decay, cfg.no_decay_bn_bias),
                                          lr=cfg.lr, momentum=cfg.momentum)
         self.use_amp = cfg.amp and self.device.type == "cuda"
@@ -84,7 +85,6 @@ class Trainer:
             "model_config": getattr(self.model, "config", {}),
             "classes": list(self.classes),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"iteration": self.iteration},  # the lr is a pure function of the iteration
             "scaler": self.scaler.state_dict(),
             "iteration": self.iteration,
             "epoch": self.epoch,
@@ -126,6 +126,7 @@ class Trainer:
             if path is None:
                 raise FileNotFoundError(f"--resume: no checkpoint in {os.path.join(self.cfg.out_dir, 'checkpoints')}")
         ckpt = load_checkpoint(path)
+        self._check_resumable(ckpt, path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -138,6 +139,27 @@ class Trainer:
             self.metrics.truncate_after(self.iteration)
         return self.iteration
 
+    def _check_resumable(self, ckpt: dict, path: str) -> None:
+        """A checkpoint of another model or class list is refused by name; changed training
+        options are allowed (e.g. a longer schedule) and listed in one warning."""
+        if ckpt.get("classes") is not None and list(ckpt["classes"]) != list(self.classes):
+            raise ValueError(f"--resume: {path} was trained on classes {ckpt['classes']}, but the data set "
+                             f"has {list(self.classes)}")
+        from ..models.ssd import DETECT_DEFAULTS   # detection settings do not touch the weights
+
+        saved = ckpt.get("model_config") or {}
+        changed = sorted(k for k in saved if k not in DETECT_DEFAULTS and saved[k] != self.model.config.get(k))
+        if changed:
+            diff = ", ".join(f"{k}: {saved.get(k)!r} -> {self.model.config.get(k)!r}" for k in changed)
+            raise ValueError(f"--resume: {path} holds another model ({diff}); resume with the same "
+                             "--set model=... / model_overrides=... it was trained with")
+        before, now = ckpt.get("train_config") or {}, self.cfg.to_dict()
+        changed = [k for k in sorted(now) if k in before and before[k] != now[k] and k != "out_dir"]
+        if changed and self.dist.is_main:
+            import warnings
+            warnings.warn("resuming with changed training options: " +
+                          ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed), stacklevel=3)
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict:
         from .evaluate import evaluate_model
@@ -149,7 +171,10 @@ class Trainer:
                                     max_images=self.cfg.eval_max_images, workers=self.cfg.workers,
                                     memory_format=self.memory_format)
             self.history_map.append((self.iteration, result["map"]))
-            self.metrics.write({"iter": self.iteration, "map": result["map"], "eval": True})
+            record = {"iter": self.iteration, "map": result["map"], "eval": True}
+            if "coco" in result:
+                record["coco"] = result["coco"]
+            self.metrics.write(record)
             if result["map"] > self.best_map:
                 self.best_map = result["map"]
                 from ..models.io import save
@@ -183,7 +208,7 @@ class Trainer:
         lr = self._set_lr()
         self.net.train()
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items() if torch.is_tensor(v)}
+        # the targets stay on the host: the model checks them there, then copies them to its device
         with torch.autocast(self.device.type, enabled=self.use_amp):
             losses = self.net(images, targets)
         loss = losses["loss"]

@@ -4,9 +4,7 @@ optional fp16/bf16 and CUDA-graph capture on CUDA.
     predictor = FastPredictor(model)                      # CPU: fp32, channels_last
     predictor = FastPredictor(model.cuda(), dtype=torch.float16, cuda_graph=True)
     boxes, scores, labels, num = predictor(batch)         # normalised [B, 3, S, S] batch
-    results = predictor.predict(pil_images)               # like SSD.predict
-
-This is the documented equivalent of ``model.predict(..., fast=True)``.
+    results = predictor.predict(pil_images)               # the same arguments and results as SSD.predict
 """
 from __future__ import annotations
 
@@ -14,12 +12,11 @@ import copy
 import warnings
 
 import torch
-import torch.nn.functional as F
 
-from .. import ops
-from ..constants import MEAN, STD
 from . import onednn
-from .fuse import fuse, use_onednn_prepack, use_winograd
+from .conv_backends import use_onednn_prepack, use_winograd
+from .fuse import fuse
+from .ssd import predict_images
 
 __all__ = ["FastPredictor"]
 
@@ -39,10 +36,10 @@ class FastPredictor:
             once in oneDNN's layout (:mod:`scratchdet.models.onednn`) instead of the
             ``conv_bn_act`` op. ``None`` (default): whenever this torch build has oneDNN.
         winograd: on CPU in float32, run the 3x3 stride-1 convs (most of the network's
-            time) through Winograd F(4x4, 3x3) (:func:`scratchdet.ops.winograd_conv3x3`):
-            1.6-2x faster than oneDNN on those layers (benchmarks/RESULTS.md), outputs
-            equal to the direct conv's within ~1e-5 relative (rounding). ``None``
-            (default): on CPU float32. ``conv_backend`` says what runs.
+            time) through Winograd F(4x4, 3x3) (:func:`scratchdet.ops.winograd_conv3x3`),
+            outputs equal to the direct conv's within ~1e-5 relative (rounding); speed:
+            benchmarks/RESULTS.md. ``None`` (default): on CPU float32. ``conv_backend``
+            says what runs.
     """
 
     def __init__(self, model, dtype: torch.dtype = torch.float32, channels_last: bool = True,
@@ -79,42 +76,47 @@ class FastPredictor:
         self._graphs: dict = {}
 
     # ------------------------------------------------------------------ core
-    def _run(self, batch: torch.Tensor):
+    def _run(self, batch: torch.Tensor, settings: dict):
         loc, logits = self.model.forward_raw(batch)
-        return self.model.detect(loc.float(), logits.float())
+        return self.model.detect(loc.float(), logits.float(), **settings)
 
     def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.to(device=self.device, dtype=self.dtype).contiguous(memory_format=self.memory_format)
 
     @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor):
-        """Normalised ``[B, 3, S, S]`` batch -> ``detect`` output ``(boxes, scores, labels, num)``."""
+    def __call__(self, batch: torch.Tensor, score_threshold: float | None = None,
+                 nms_threshold: float | None = None, top_k: int | None = None, keep_top_k: int | None = None):
+        """Normalised ``[B, 3, S, S]`` batch -> ``detect`` output ``(boxes, scores, labels, num)``,
+        with the model's detection settings unless given here."""
+        given = dict(score_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k,
+                     keep_top_k=keep_top_k)
+        settings = {**self.model.detect_settings, **{k: v for k, v in given.items() if v is not None}}
         batch = self._prepare(batch)
         if not self.cuda_graph:
-            return self._run(batch)
-        key = tuple(batch.shape)
+            return self._run(batch, settings)
+        key = (tuple(batch.shape), tuple(sorted(settings.items())))
         if key not in self._graphs:
-            self._graphs[key] = self._capture(batch)
+            self._graphs[key] = self._capture(batch, settings)
         static_in, graph, static_out, detect_outside = self._graphs[key]
         static_in.copy_(batch)
         graph.replay()
         if detect_outside:
             loc, logits = static_out
-            return self.model.detect(loc.float(), logits.float())
+            return self.model.detect(loc.float(), logits.float(), **settings)
         return tuple(t.clone() for t in static_out)
 
-    def _capture(self, batch: torch.Tensor):
+    def _capture(self, batch: torch.Tensor, settings: dict):
         static_in = batch.clone()
         side = torch.cuda.Stream(device=self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):  # warm up cuDNN algorithm choice and allocator outside the capture
-                self._run(static_in)
+                self._run(static_in, settings)
         torch.cuda.current_stream(self.device).wait_stream(side)
         try:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static_out = self._run(static_in)
+                static_out = self._run(static_in, settings)
             self.graph_scope = "network+detect"
             return static_in, graph, static_out, False
         except RuntimeError as exc:  # detect synchronises with the host: capture the network alone
@@ -129,26 +131,10 @@ class FastPredictor:
 
     # ------------------------------------------------------------------ images in, detections out
     @torch.inference_mode()
-    def predict(self, images, batch_size: int = 16) -> list[dict]:
-        """Like ``SSD.predict``: PIL images or ``[3, H, W]`` tensors -> one dict per image with
-        ``boxes`` (pixels of that image), ``scores`` and ``labels``."""
-        from .ssd import _to_chw_float
-
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        size = self.model.image_size
-        mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
-        std = torch.tensor(STD, device=self.device).view(3, 1, 1)
-        results = []
-        for start in range(0, len(images), batch_size):
-            chunk = [_to_chw_float(img).to(self.device) for img in images[start:start + batch_size]]
-            sizes = [(t.shape[2], t.shape[1]) for t in chunk]
-            batch = torch.stack([(F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False,
-                                                antialias=True)[0] - mean) / std for t in chunk])
-            boxes, scores, labels, num = self(batch)
-            for i, (w, h) in enumerate(sizes):
-                n = int(num[i])
-                scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
-                results.append({"boxes": (boxes[i, :n] * scale).cpu(), "scores": scores[i, :n].cpu(),
-                                "labels": labels[i, :n].cpu()})
-        return results
+    def predict(self, images, score_threshold: float | None = None, nms_threshold: float | None = None,
+                top_k: int | None = None, keep_top_k: int | None = None, batch_size: int = 16) -> list[dict]:
+        """``SSD.predict`` on the fused network: the same arguments, preprocessing and results."""
+        def detect_batch(batch):
+            return self(batch, score_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k,
+                        keep_top_k=keep_top_k)
+        return predict_images(detect_batch, self.model.preprocess, images, batch_size)

@@ -4,10 +4,8 @@ Every ``ConvBNAct`` becomes a :class:`FusedConvAct` (one ``conv_bn_act`` call:
 conv + bias + ReLU) and every ``BasicBlock`` a :class:`FusedBasicBlock`, whose
 second conv also does the residual add and the ReLU after it, in the same call.
 
-On CPU in float32 two faster conv paths can be switched on for a fused model:
-:func:`use_winograd` (the 3x3 stride-1 convs through Winograd F(4x4, 3x3),
-:func:`scratchdet.ops.winograd_conv3x3`) and :func:`use_onednn_prepack` (the other
-convs through weights prepacked for oneDNN). :class:`FastPredictor` turns both on.
+Which kernel a fused conv runs on (the op, Winograd, prepacked oneDNN) is decided in
+:mod:`scratchdet.models.conv_backends`; :class:`FastPredictor` switches the fast ones on.
 
 Unfusable patterns (a conv that is not a plain zero-padded ``nn.Conv2d``, a
 BatchNorm without running statistics, a BatchNorm outside a ``ConvBNAct``) are
@@ -26,10 +24,10 @@ import torch.nn as nn
 from .. import ops
 from ..ops.reference import fold_batch_norm
 from ..ops.winograd import is_winograd_conv
-from . import onednn
+from . import conv_backends
 from .layers import BasicBlock, ConvBNAct
 
-__all__ = ["fuse", "use_onednn_prepack", "use_winograd", "FusedConvAct", "FusedBasicBlock", "FuseReport"]
+__all__ = ["fuse", "FusedConvAct", "FusedBasicBlock", "FuseReport"]
 
 
 class _InferenceOnly(nn.Module):
@@ -47,8 +45,8 @@ class FusedConvAct(_InferenceOnly):
     ``model.parameters()`` see them).
     """
 
-    # Backend switches and caches. Class-level defaults, so fused models pickled before a switch
-    # existed still load and run; instances set them through use_onednn_prepack / use_winograd.
+    # Backend switches and caches, set by scratchdet.models.conv_backends. Class-level defaults,
+    # so fused models pickled before a switch existed still load and run.
     prepack = False                     # CPU fp32 through a prepacked oneDNN weight
     winograd = False                    # CPU fp32 3x3 stride 1 through Winograd F(4x4, 3x3)
     _packed = None                      # (weight version key, packed weight); never saved or copied
@@ -79,39 +77,11 @@ class FusedConvAct(_InferenceOnly):
         return is_winograd_conv(self.weight.shape, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if (self.winograd or self.prepack) and self._can_prepack(x, residual):
-            if self.winograd:
-                return ops.winograd_conv3x3(x, self._winograd_weight(), self.bias, residual, self.relu)
-            return onednn.conv_pointwise(x, self._packed_weight(x), self.bias, self.padding, self.stride,
-                                         self.dilation, self.groups, self.relu, residual)
+        backend = conv_backends.select(self, x, residual)
+        if backend is not None:
+            return backend(self, x, residual)
         return ops.conv_bn_act(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation,
                                self.groups, self.relu)
-
-    def _can_prepack(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
-        # anything unusual (wrong shape, dtype, device, autograd, tracing) goes through the op,
-        # which checks its inputs and names what is wrong
-        w = self.weight
-        return (x.device.type == "cpu" and w.device.type == "cpu" and x.dtype == w.dtype == torch.float32
-                and x.dim() == 4 and x.shape[1] == w.shape[1] * self.groups
-                and (self.bias is None or self.bias.dtype == torch.float32)
-                and (residual is None or (residual.dtype == torch.float32 and residual.device.type == "cpu"))
-                and not (torch.is_grad_enabled() and (x.requires_grad or (residual is not None
-                                                                          and residual.requires_grad)))
-                and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
-
-    def _weight_key(self):
-        return (self.weight.data_ptr(), self.weight._version)   # an in-place change or .to() repacks
-
-    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed is None or self._packed[0] != self._weight_key():
-            self._packed = (self._weight_key(), onednn.pack_weight(self.weight, self.padding, self.stride,
-                                                                   self.dilation, self.groups, x.shape))
-        return self._packed[1]
-
-    def _winograd_weight(self) -> torch.Tensor:
-        if self._wino_packed is None or self._wino_packed[0] != self._weight_key():
-            self._wino_packed = (self._weight_key(), ops.winograd_f43_pack(self.weight))
-        return self._wino_packed[1]
 
     def __getstate__(self):
         state = dict(super().__getstate__())
@@ -232,38 +202,3 @@ def fuse(model: nn.Module) -> nn.Module:
         warnings.warn("fuse: left unfused: " + "; ".join(f"{n} ({why})" for n, why in report.unfused),
                       UserWarning, stacklevel=2)
     return fused
-
-
-def use_onednn_prepack(fused_model: nn.Module, enabled: bool = True) -> int:
-    """Route the fused convs of ``fused_model`` through prepacked oneDNN weights on CPU float32
-    (:mod:`scratchdet.models.onednn`); other devices and dtypes keep using the op.
-
-    Returns how many convs were switched. Raises ``RuntimeError`` if ``enabled`` and this
-    torch build has no oneDNN.
-    """
-    if enabled and not onednn.available():
-        raise RuntimeError("use_onednn_prepack: this torch build has no oneDNN (torch.backends.mkldnn)")
-    count = 0
-    for module in fused_model.modules():
-        if isinstance(module, FusedConvAct):
-            module.prepack, module._packed = bool(enabled), None
-            count += 1
-    return count
-
-
-def use_winograd(fused_model: nn.Module, enabled: bool = True) -> int:
-    """Route the 3x3 stride-1 fused convs of ``fused_model`` (:attr:`FusedConvAct.winograd_eligible`)
-    through :func:`scratchdet.ops.winograd_conv3x3` on CPU float32; other convs, devices and dtypes
-    are unaffected. It takes precedence over :func:`use_onednn_prepack` for the convs it covers.
-
-    The result differs from the direct conv by rounding only (about 1e-5 relative per layer).
-    Returns how many convs were switched.
-    """
-    count = 0
-    for module in fused_model.modules():
-        if isinstance(module, FusedConvAct):
-            module.winograd = bool(enabled) and module.winograd_eligible
-            module._wino_packed = None
-            count += module.winograd
-    return count
-

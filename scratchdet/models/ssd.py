@@ -1,50 +1,40 @@
-"""The SSD detector: backbone sources + extra layers + per-source loc/conf heads, with loss and detect."""
+"""The SSD detector: backbone sources + extra layers + per-source loc/conf heads, with loss and detect.
+
+Inference settings live in ``model.config`` (saved with the weights): the input spec
+(``image_size``, ``mean``, ``std``, ``resize``) that :mod:`scratchdet.data.preprocess` uses, and
+the detection settings (``score_threshold``, ``nms_threshold``, ``top_k``, ``keep_top_k``) that
+:func:`scratchdet.ops.detect` uses.
+"""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import ops
 from ..constants import MEAN, STD
-from .layers import BasicBlock, ConvBNAct
+from ..data.collate import as_padded_targets, check_target_labels
+from ..data.preprocess import postprocess, preprocess
+from .layers import ConvBNAct
 from .loss import MultiBoxLoss
 
-__all__ = ["SSD", "SSDRawOutputs", "residual_extras", "vgg_extras"]
+__all__ = ["SSD", "SSDRawOutputs", "INPUT_DEFAULTS", "DETECT_DEFAULTS", "check_detect_settings",
+           "predict_images"]
+
+INPUT_DEFAULTS = dict(mean=MEAN, std=STD, resize="bilinear")
+DETECT_DEFAULTS = dict(score_threshold=0.01, nms_threshold=0.45, top_k=400, keep_top_k=200)
 
 
-def residual_extras(in_channels: int, channels: int, paddings: Sequence[int], bn: bool = True) -> nn.ModuleList:
-    """The ResNet family's extra layers: one stride-2 BasicBlock per extra source.
-
-    Padding 1 halves the size (19 -> 10 -> 5 -> 3); padding 0 takes 3 -> 1.
-    """
-    layers = []
-    for p in paddings:
-        layers.append(BasicBlock(in_channels, channels, stride=2, bn=bn, padding=p))
-        in_channels = channels
-    return nn.ModuleList(layers)
-
-
-def vgg_extras(in_channels: int, paddings: Sequence[int] = (1, 1, 0, 0), bn: bool = True,
-               scale: float = 1.0) -> nn.ModuleList:
-    """SSD300's VGG extras: 1x1 reduce then 3x3 (stride 2 with padding 1, else stride 1 valid)."""
-    spec = [(256, 512), (128, 256), (128, 256), (128, 256)]
-    layers = []
-    for (mid, out), p in zip(spec, paddings):
-        mid, out = int(round(mid * scale)), int(round(out * scale))
-        layers.append(nn.Sequential(ConvBNAct(in_channels, mid, 1, 1, bn=bn),
-                                    ConvBNAct(mid, out, 3, 2 if p == 1 else 1, padding=p, bn=bn)))
-        in_channels = out
-    return nn.ModuleList(layers)
-
-
-def _extra_out_size(n: int, padding: int, residual: bool) -> int:
-    stride = 2 if (residual or padding == 1) else 1
-    return (n + 2 * padding - 3) // stride + 1
+def check_detect_settings(score_threshold, nms_threshold, top_k, keep_top_k) -> None:
+    """Raise ``ValueError`` for detection settings ``scratchdet.ops.detect`` would refuse."""
+    if not math.isfinite(float(score_threshold)):
+        raise ValueError(f"score_threshold must be a finite number, got {score_threshold}")
+    if not 0.0 <= float(nms_threshold) <= 1.0:
+        raise ValueError(f"nms_threshold must be in [0, 1], got {nms_threshold}")
+    if int(top_k) < 1 or int(keep_top_k) < 1:
+        raise ValueError(f"top_k and keep_top_k must be >= 1, got {top_k} and {keep_top_k}")
 
 
 class SSD(nn.Module):
@@ -52,45 +42,53 @@ class SSD(nn.Module):
 
     Attributes: ``priors [P, 4]`` (cx, cy, w, h; a buffer), ``num_classes``
     (background included), ``config`` (a plain dict: ``build_model(**config)``
-    rebuilds this model), ``image_size``, ``feature_sizes``.
+    rebuilds this model; it also holds the input and detection settings),
+    ``image_size``, ``feature_sizes`` (the side of every source, finest first).
     """
 
-    def __init__(self, backbone: nn.Module, extras: nn.ModuleList, extra_channels: Sequence[int],
-                 extra_paddings: Sequence[int], residual_extras: bool, num_classes: int, image_size: int,
-                 priors: torch.Tensor, anchors_per_location: Sequence[int], bn_head: bool, config: dict,
-                 variances=(0.1, 0.2), iou_threshold: float = 0.5, neg_pos_ratio: float = 3.0,
-                 detect_cfg: dict | None = None):
+    def __init__(self, *, backbone: nn.Module, extras: nn.ModuleList, source_channels: Sequence[int],
+                 feature_sizes: Sequence[int], priors: torch.Tensor, anchors_per_location: Sequence[int],
+                 num_classes: int, image_size: int, bn_head: bool, config: dict, variances=(0.1, 0.2),
+                 iou_threshold: float = 0.5, neg_pos_ratio: float = 3.0):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
+        sizes = list(feature_sizes)
+        if min(sizes) < 1:
+            raise ValueError(f"input size {image_size} is too small for this layout: source sizes {sizes}")
+        if not (len(anchors_per_location) == len(source_channels) == len(sizes)):
+            raise ValueError(f"{len(source_channels)} sources with {len(sizes)} sizes and "
+                             f"{len(anchors_per_location)} prior layouts")
+        expected = sum(a * s * s for a, s in zip(anchors_per_location, sizes))
+        if priors.shape[0] != expected:
+            raise ValueError(f"{priors.shape[0]} priors for sources {sizes} that need {expected}")
         self.backbone = backbone
         self.extras = extras
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
-        self.config = config
+        self.config = dict(config)
+        for key, value in {**INPUT_DEFAULTS, **DETECT_DEFAULTS}.items():   # a config from before these settings
+            self.config.setdefault(key, value)
         self.variances = tuple(float(v) for v in variances)
-        channels = list(backbone.out_channels) + list(extra_channels)
-        sizes = list(backbone.feature_sizes(image_size))
-        for p in extra_paddings:
-            sizes.append(_extra_out_size(sizes[-1], p, residual_extras))
-        if min(sizes) < 1:
-            raise ValueError(f"input size {image_size} is too small for this layout: source sizes {sizes}")
         self.feature_sizes = sizes
-        if len(anchors_per_location) != len(channels):
-            raise ValueError(f"{len(channels)} sources but {len(anchors_per_location)} prior layouts")
-        expected = sum(a * s * s for a, s in zip(anchors_per_location, sizes))
-        if priors.shape[0] != expected:
-            raise ValueError(f"{priors.shape[0]} priors for sources {sizes} that need {expected}")
         self.register_buffer("priors", priors, persistent=False)
         self.anchors_per_location = list(anchors_per_location)
         self.loc_heads = nn.ModuleList(ConvBNAct(c, a * 4, 3, 1, bn=bn_head, act=False)
-                                       for c, a in zip(channels, anchors_per_location))
+                                       for c, a in zip(source_channels, anchors_per_location))
         self.conf_heads = nn.ModuleList(ConvBNAct(c, a * num_classes, 3, 1, bn=bn_head, act=False)
-                                        for c, a in zip(channels, anchors_per_location))
+                                        for c, a in zip(source_channels, anchors_per_location))
         self.criterion = MultiBoxLoss(iou_threshold, neg_pos_ratio, variances)
         self.background_prior = 0.0
-        self.detect_cfg = dict(score_threshold=0.01, nms_threshold=0.45, top_k=400, keep_top_k=200)
-        self.detect_cfg.update(detect_cfg or {})
+
+    @property
+    def input_spec(self) -> dict:
+        """What :func:`scratchdet.data.preprocess.preprocess` needs: image_size, mean, std, resize."""
+        return {"image_size": self.image_size, **{k: self.config[k] for k in INPUT_DEFAULTS}}
+
+    @property
+    def detect_settings(self) -> dict:
+        """The default ``score_threshold``, ``nms_threshold``, ``top_k`` and ``keep_top_k`` of :meth:`detect`."""
+        return {k: self.config[k] for k in DETECT_DEFAULTS}
 
     def init_head(self, background_prior: float = 0.99, std: float = 0.01) -> None:
         """Start the predictors near "everything is background" with small offsets.
@@ -152,95 +150,66 @@ class SSD(nn.Module):
         return self.criterion(loc, logits, self.priors, gt_boxes, gt_labels)
 
     def detect(self, loc: torch.Tensor, logits: torch.Tensor, **overrides):
-        cfg = {**self.detect_cfg, **{k: v for k, v in overrides.items() if v is not None}}
-        return ops.detect(loc, logits, self.priors, self.variances, **cfg)
+        """:func:`scratchdet.ops.detect` with this model's priors and detection settings
+        (``overrides`` that are not None replace them for this call)."""
+        settings = {**self.detect_settings, **{k: v for k, v in overrides.items() if v is not None}}
+        return ops.detect(loc, logits, self.priors, self.variances, **settings)
 
     def prepare_targets(self, targets, device) -> tuple[torch.Tensor, torch.Tensor]:
         """A padded batch dict ``{"boxes" [B,G,4], "labels" [B,G]}`` or a list of per-image
         dicts ``{"boxes" [M,4], "labels" [M]}`` -> padded ``(boxes, labels)`` on ``device``.
-        Boxes are normalised (x1, y1, x2, y2); label 0 is padding."""
-        if isinstance(targets, dict):
-            boxes, labels = targets["boxes"], targets["labels"]
-        elif isinstance(targets, (list, tuple)):
-            g = max([len(t["labels"]) for t in targets] + [1])
-            boxes = torch.zeros((len(targets), g, 4), dtype=torch.float32)
-            labels = torch.zeros((len(targets), g), dtype=torch.int64)
-            for i, t in enumerate(targets):
-                m = len(t["labels"])
-                boxes[i, :m] = torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(m, 4).cpu()
-                labels[i, :m] = torch.as_tensor(t["labels"], dtype=torch.int64).cpu()
-        else:
-            raise TypeError(f"targets must be a dict of padded tensors or a list of per-image dicts, "
-                            f"got {type(targets).__name__}")
-        boxes, labels = torch.as_tensor(boxes), torch.as_tensor(labels)
-        if boxes.dim() != 3 or boxes.shape[-1] != 4 or tuple(labels.shape) != tuple(boxes.shape[:2]):
-            raise ValueError(f"targets: expected boxes [B, G, 4] and labels [B, G], got {list(boxes.shape)} "
-                             f"and {list(labels.shape)}")
-        # checked here while the labels are usually still on the CPU (a bad label on CUDA is a device assert)
-        if (labels.device.type == "cpu" and labels.numel() and not torch.compiler.is_compiling()
-                and int(labels.max()) >= self.num_classes):
-            raise ValueError(f"targets: label {int(labels.max())} out of range for a model with "
-                             f"{self.num_classes} classes (1..{self.num_classes - 1}, 0 = background/padding)")
+        Boxes are normalised (x1, y1, x2, y2); label 0 is padding. Labels are range-checked
+        before the copy to ``device`` (pass CPU targets: the check is then free)."""
+        boxes, labels = as_padded_targets(targets)
+        check_target_labels(labels, self.num_classes)
         return boxes.to(device=device, dtype=torch.float32), labels.to(device=device, dtype=torch.int64)
 
     # ------------------------------------------------------------------ inference API
+    def preprocess(self, images) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Images of any size -> ``(batch, sizes)`` with this model's input spec
+        (:func:`scratchdet.data.preprocess.preprocess`), on the model's device and dtype."""
+        batch, sizes = preprocess(images, **self.input_spec)
+        return batch.to(device=self.priors.device, dtype=next(self.parameters()).dtype), sizes
+
+    @staticmethod
+    def postprocess(detections, sizes) -> list[dict]:
+        """:func:`scratchdet.data.preprocess.postprocess`: detections in each image's pixels."""
+        return postprocess(detections, sizes)
+
     @torch.inference_mode()
     def predict(self, images, score_threshold: float | None = None, nms_threshold: float | None = None,
                 top_k: int | None = None, keep_top_k: int | None = None, batch_size: int = 16) -> list[dict]:
-        """Detect objects in PIL images or uint8 ``[3, H, W]`` tensors of any size.
+        """Detect objects in images of any size (PIL images, uint8 arrays, ``[3, H, W]`` tensors).
 
-        Each image is resized to the model's input size and normalised with
-        ``scratchdet.constants`` MEAN/STD. Returns one dict per image:
-        ``boxes [K, 4]`` (x1, y1, x2, y2 in the image's own pixels), ``scores [K]``,
-        ``labels [K]`` (1..C-1), best first.
+        Preprocessing and the default thresholds are the model's (``model.config``); a threshold
+        given here overrides it for this call. Returns one dict per image: ``boxes [K, 4]``
+        (x1, y1, x2, y2 in the image's own pixels), ``scores [K]``, ``labels [K]`` (1..C-1),
+        best first. :class:`scratchdet.FastPredictor` has the same ``predict``, fused.
         """
-        if not isinstance(images, (list, tuple)):
-            images = [images]
         was_training = self.training
         self.eval()
-        device = self.priors.device
-        dtype = next(self.parameters()).dtype
-        mean = torch.tensor(MEAN, device=device, dtype=dtype).view(3, 1, 1)
-        std = torch.tensor(STD, device=device, dtype=dtype).view(3, 1, 1)
-        results = []
         try:
-            for start in range(0, len(images), batch_size):
-                chunk = [_to_chw_float(img).to(device=device, dtype=dtype) for img in images[start:start + batch_size]]
-                sizes = [(t.shape[2], t.shape[1]) for t in chunk]                      # (W, H)
-                batch = torch.stack([
-                    ((F.interpolate(t[None], size=(self.image_size, self.image_size), mode="bilinear",
-                                    align_corners=False, antialias=True)[0]) - mean) / std for t in chunk])
+            def detect_batch(batch):
                 loc, logits = self.forward_raw(batch)
-                boxes, scores, labels, num = self.detect(loc, logits, score_threshold=score_threshold,
-                                                         nms_threshold=nms_threshold, top_k=top_k,
-                                                         keep_top_k=keep_top_k)
-                for i, (w, h) in enumerate(sizes):
-                    n = int(num[i])
-                    scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
-                    results.append({"boxes": (boxes[i, :n] * scale).cpu(), "scores": scores[i, :n].cpu(),
-                                    "labels": labels[i, :n].cpu()})
+                return self.detect(loc, logits, score_threshold=score_threshold, nms_threshold=nms_threshold,
+                                   top_k=top_k, keep_top_k=keep_top_k)
+            return predict_images(detect_batch, self.preprocess, images, batch_size)
         finally:
             self.train(was_training)
-        return results
 
 
-def _to_chw_float(img) -> torch.Tensor:
-    """PIL image or ``[C, H, W]`` tensor (uint8 0..255, or float 0..1) -> float ``[3, H, W]`` in [0, 1]."""
-    if isinstance(img, torch.Tensor):
-        t = img
-    elif hasattr(img, "convert"):                                             # PIL
-        t = torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
-    else:
-        raise TypeError(f"predict: expected a PIL image or a [3, H, W] tensor, got {type(img).__name__}")
-    if t.dim() != 3 or t.shape[0] not in (1, 3, 4):
-        raise ValueError(f"predict: expected an image tensor of shape [C, H, W] with C in (1, 3, 4), "
-                         f"got {list(t.shape)}")
-    t = t[:3] if t.shape[0] == 4 else t.expand(3, -1, -1) if t.shape[0] == 1 else t
-    if t.dtype == torch.uint8:
-        return t.float() / 255.0
-    if not t.is_floating_point():
-        raise TypeError(f"predict: expected a uint8 or float image tensor, got {t.dtype}")
-    return t.float()
+def predict_images(detect_batch: Callable, preprocess_fn: Callable, images, batch_size: int = 16) -> list[dict]:
+    """The predict loop ``SSD.predict`` and ``FastPredictor.predict`` share: chunks of
+    ``batch_size`` images -> ``preprocess_fn`` -> ``detect_batch`` -> :func:`postprocess`."""
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if int(batch_size) < 1:
+        raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
+    results = []
+    for start in range(0, len(images), int(batch_size)):
+        batch, sizes = preprocess_fn(images[start:start + int(batch_size)])
+        results += postprocess(detect_batch(batch), sizes)
+    return results
 
 
 class SSDRawOutputs(nn.Module):
