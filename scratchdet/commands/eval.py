@@ -20,7 +20,8 @@ def register(sub):
                    help="VOC metric: voc07 = 11-point (default), voc = area under the PR curve")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", help="folder for results.json and the precision-recall plot")
+    p.add_argument("--out", help="folder for results.json, detections.json (every detection, pixel boxes) "
+                                 "and the precision-recall plot")
     p.set_defaults(func=run)
 
 
@@ -54,6 +55,10 @@ def run(args):
     if out:
         with open(os.path.join(out, "results.json"), "w") as f:
             json.dump(summary, f, indent=2)
+        with open(os.path.join(out, "detections.json"), "w") as f:
+            json.dump([{"image_id": ann["image_id"], "boxes": det["boxes"].tolist(), "scores": det["scores"].tolist(),
+                        "labels": det["labels"].tolist()}
+                       for det, ann in zip(result["detections"], result["annotations"])], f)
         plot_pr_curves(result, os.path.join(out, "pr_curves.png"), class_names=dataset.classes)
-        print(f"wrote {out}/results.json and {out}/pr_curves.png")
+        print(f"wrote {out}/results.json, {out}/detections.json and {out}/pr_curves.png")
     return 0
