@@ -45,14 +45,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if not info.enabled:
-        return value
-    value = value.clone()
-    dist.all_reduce(value)
-    return value / info.world_size
-
-
 def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     """True on every rank if it is true on any (e.g. 'stop now')."""
     if not info.enabled:

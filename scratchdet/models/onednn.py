@@ -6,8 +6,7 @@ network the reorder can be done once: ``torch.ops.mkldnn._reorder_convolution_we
 prepacks the weight, and ``torch.ops.mkldnn._convolution_pointwise`` runs conv +
 bias (+ residual add) (+ ReLU) with the epilogue fused into oneDNN's post-ops, the
 same kernels TorchScript's ``optimize_for_inference`` and Inductor's CPU freezing
-use. Measured on ScratchDet300 (2-core CPU, fp32, B=1): ~15 % faster than the op
-(benchmarks/RESULTS.md, "fused inference").
+use (speed: benchmarks/RESULTS.md, "fused inference").
 """
 from __future__ import annotations
 

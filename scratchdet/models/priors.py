@@ -15,7 +15,7 @@ import torch
 __all__ = ["PRIOR_SIZES", "SSD300_FEATURE_SIZES", "SSD300_STEPS", "SSD300_ASPECT_RATIOS",
            "num_priors_per_location", "prior_sizes", "default_steps", "generate_priors"]
 
-# min/max sizes in pixels at 300 px input (DESIGN.md, "Prior sizes")
+# min/max sizes in pixels at 300 px input (docs/DESIGN.md, "Priors")
 PRIOR_SIZES = {
     "voc": ((30, 60, 111, 162, 213, 264), (60, 111, 162, 213, 264, 315)),
     "coco": ((21, 45, 99, 153, 207, 261), (45, 99, 153, 207, 261, 315)),
