@@ -188,3 +188,14 @@ def test_torchrun_cli_runs_ddp(synth_root, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout[out.stdout.index("{"):])["iteration"] == 2
     assert os.path.exists(tmp_path / "run" / "model_final.pt")
+
+
+def test_resume_refuses_another_model_and_warns_about_changed_options(synth_root, tmp_path):
+    Trainer(tiny_config(synth_root, tmp_path / "run", max_iters=2), progress=False).train()
+    wider = tiny_config(synth_root, tmp_path / "run", max_iters=4, model_overrides={**TINY_MODEL, "width": 16})
+    with pytest.raises(ValueError, match=r"holds another model \(width: 8 -> 16\)"):
+        Trainer(wider, progress=False).train(resume=True)
+    longer = tiny_config(synth_root, tmp_path / "run", max_iters=4, lr=0.01)
+    with pytest.warns(UserWarning, match=r"changed training options: lr 0.02 -> 0.01, max_iters 2 -> 4"):
+        summary = Trainer(longer, progress=False).train(resume=True)
+    assert summary["iteration"] == 4
