@@ -16,7 +16,7 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   # shellcheck disable=SC2086
   "$VENV/bin/python" -m pip install -q $TORCH_SPEC
 fi
-"$VENV/bin/python" -m pip install -q ninja numpy pillow matplotlib tqdm pycocotools \
+"$VENV/bin/python" -m pip install -q ninja numpy pillow matplotlib tqdm pycocotools pyyaml timm \
   pytest pytest-benchmark hypothesis onnx onnxscript
 echo "==> building scratchdet and its extension (MAX_JOBS=${MAX_JOBS:-$(nproc)})"
 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e .

@@ -10,10 +10,11 @@ from ..cli import CLIError
 def register(sub):
     p = sub.add_parser("eval", help="evaluate saved weights (VOC mAP or COCO AP)",
                        description="Run a saved detector over a data set and print the per-class AP table. "
-                                   "VOC: --data ROOT --split test. COCO: --coco-images DIR --coco-json FILE.")
+                                   "VOC: --data ROOT --split test. YOLO: --data data.yaml --split val. "
+                                   "COCO: --coco-images DIR --coco-json FILE.")
     p.add_argument("--weights", required=True, help="a model saved by scratchdet (best_model.pt, model_final.pt)")
-    p.add_argument("--data", help="VOC-layout folder")
-    p.add_argument("--split", default="val", help="VOC split to evaluate (default: val)")
+    p.add_argument("--data", help="a VOC-layout folder or a YOLO data.yaml")
+    p.add_argument("--split", default="val", help="split to evaluate (default: val)")
     p.add_argument("--coco-images", help="COCO image folder")
     p.add_argument("--coco-json", help="COCO instances json (enables COCO AP through pycocotools)")
     p.add_argument("--metric", choices=["voc07", "voc"], default="voc07",
@@ -27,7 +28,7 @@ def register(sub):
 
 def run(args):
     from ._common import existing_dir, existing_file, load_model, pick_device, writable_dir
-    from ..data import COCODataset, SSDTransform, VOCDataset
+    from ..data import COCODataset, SSDTransform, VOCDataset, YOLODataset
     from ..engine.evaluate import evaluate_model
     from ..evaluation import format_ap_table, plot_pr_curves
 
@@ -36,13 +37,22 @@ def run(args):
         raise CLIError("give --data (VOC layout) or --coco-images/--coco-json")
     model = load_model(args.weights, device)
     tf = SSDTransform.from_config(model.config, train=False)   # the pixels model.predict sees
-    if args.coco_json:
-        existing_file(args.coco_json, "COCO annotation json")
-        existing_dir(args.coco_images or "", "COCO image folder")
-        dataset = COCODataset(args.coco_images, args.coco_json, transform=tf)
-    else:
-        existing_dir(args.data, "data folder")
-        dataset = VOCDataset(args.data, split=args.split, transform=tf)
+    names = getattr(model, "class_names", None)   # so label i means the class the model was trained on
+    try:
+        if args.coco_json:
+            existing_file(args.coco_json, "COCO annotation json")
+            existing_dir(args.coco_images or "", "COCO image folder")
+            dataset = COCODataset(args.coco_images, args.coco_json, transform=tf, classes=names)
+        elif args.data.lower().endswith((".yaml", ".yml")):
+            existing_file(args.data, "YOLO data file")
+            dataset = YOLODataset(args.data, split=args.split, transform=tf)
+        else:
+            existing_dir(args.data, "data folder")
+            dataset = VOCDataset(args.data, split=args.split, classes=names, transform=tf)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from None
+    if names is not None and list(dataset.classes) != list(names):
+        raise CLIError(f"the data's classes {list(dataset.classes)} are not the model's {list(names)}")
     out = writable_dir(args.out) if args.out else None
     result = evaluate_model(model, dataset, args.batch_size, device, use_07_metric=args.metric == "voc07",
                             return_curves=True)

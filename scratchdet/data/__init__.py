@@ -1,4 +1,4 @@
-"""scratchdet.data: VOC and COCO readers, the SSD augmentation pipeline, the synthetic data set.
+"""scratchdet.data: VOC, COCO and YOLO readers, the SSD augmentation pipeline, the synthetic data set.
 
 Every reader yields ``(image, target)`` with pixel boxes; with an
 :class:`SSDTransform` it yields a normalised image tensor and [0, 1] boxes, and
@@ -9,7 +9,8 @@ from .collate import collate_detection
 from .dataset import BadImageError, DetectionDataset
 from .transforms import SSDTransform
 from .voc import VOC_CLASSES, VOCDataset
+from .yolo import YOLODataset
 from . import synth  # noqa: E402
 
-__all__ = ["VOCDataset", "COCODataset", "DetectionDataset", "BadImageError", "SSDTransform",
+__all__ = ["VOCDataset", "COCODataset", "YOLODataset", "DetectionDataset", "BadImageError", "SSDTransform",
            "collate_detection", "VOC_CLASSES", "synth"]

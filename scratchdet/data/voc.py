@@ -44,7 +44,7 @@ def _number(node, tag, source):
         raise ValueError(f"{source}: <{tag}> is not a number: {value!r}") from None
 
 
-def parse_voc_xml(path: str, class_to_label: dict):
+def parse_voc_xml(path: str, class_to_label: dict, hint: str = ""):
     """Read one annotation file. Returns (boxes, labels, difficult, width, height), boxes unclipped.
 
     An empty file or one without <object> is an image with no objects.
@@ -65,7 +65,8 @@ def parse_voc_xml(path: str, class_to_label: dict):
     for obj in root.iter("object"):
         name = _text(obj, "name", path)
         if name not in class_to_label:
-            raise ValueError(f"{path}: unknown class {name!r}; known classes: {', '.join(class_to_label)}")
+            raise ValueError(f"{path}: unknown class {name!r}; known classes: {', '.join(class_to_label)}"
+                             + (f"; {hint}" if hint else ""))
         bb = obj.find("bndbox")
         if bb is None:
             raise ValueError(f"{path}: <object> {name!r} has no <bndbox>")
@@ -78,13 +79,28 @@ def parse_voc_xml(path: str, class_to_label: dict):
             width, height)
 
 
-def _read_classes(roots):
+def _read_classes_file(roots):
     for root in roots:
         path = os.path.join(root, CLASSES_FILE)
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 return [line.strip() for line in f if line.strip()]
-    return list(VOC_CLASSES)
+    return None
+
+
+def discover_classes(xml_paths) -> list[str]:
+    """The class names the annotation files use: the 20 VOC classes (in VOC order) when they are
+    all VOC names, else every name found, sorted."""
+    names = set()
+    for path in xml_paths:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data.strip():
+            root = parse_xml(data, path)
+            names.update(_text(obj, "name", path) for obj in root.iter("object"))
+    if names <= set(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    return sorted(names)
 
 
 class VOCDataset(DetectionDataset):
@@ -95,7 +111,9 @@ class VOCDataset(DetectionDataset):
             or a list of them (e.g. VOC2007 and VOC2012 for "07+12").
         split: the ImageSets/Main/<split>.txt list to read, e.g. "trainval", "test", "train", "val".
         classes: class names in label order (label i is ``classes[i-1]``). Default:
-            the root's ``classes.txt`` when it has one, else the 20 VOC classes.
+            the root's ``classes.txt`` when it has one; else the 20 VOC classes when every
+            name in the split's annotations is a VOC class; else every name found there,
+            sorted (printed once, so the order is on record).
         transform: called as ``transform(image, target, index=i)``.
         skip_bad_images: see :class:`DetectionDataset`.
         image_ext: image file extension.
@@ -112,26 +130,40 @@ class VOCDataset(DetectionDataset):
         if not roots:
             raise ValueError("VOCDataset: no root given")
         roots = [os.fspath(r) for r in roots]
-        classes = list(classes) if classes is not None else _read_classes(roots)
-        if len(set(classes)) != len(classes):
-            raise ValueError(f"VOCDataset: duplicate class names in {classes}")
-        class_to_label = {name: i + 1 for i, name in enumerate(classes)}
-        records, dropped, total = [], 0, 0
+        items = []
         for r in roots:
             for image_id in self._split_ids(r, split):
                 xml_path = os.path.join(r, "Annotations", image_id + ".xml")
                 if not os.path.isfile(xml_path):
                     raise FileNotFoundError(f"annotation file not found: {xml_path}")
-                boxes, labels, difficult, width, height = parse_voc_xml(xml_path, class_to_label)
-                keep = np.ones(len(boxes), bool)
-                if width is not None:
-                    boxes, keep = clip_and_filter(boxes, width, height)
-                else:
-                    _, keep = clip_and_filter(boxes, np.inf, np.inf)
-                dropped += int((~keep).sum())
-                total += len(keep)
-                records.append(Record(os.path.join(r, "JPEGImages", image_id + image_ext), image_id,
-                                      boxes[keep], labels[keep], difficult[keep], width, height))
+                items.append((r, image_id, xml_path))
+        given = classes is not None
+        if classes is None:
+            classes = _read_classes_file(roots)
+        if classes is None:
+            classes = discover_classes(p for _, _, p in items)
+            if list(classes) != list(VOC_CLASSES):
+                print(f"VOCDataset({', '.join(roots)}): no {CLASSES_FILE}; the {split!r} annotations name "
+                      f"{len(classes)} classes, labels 1..{len(classes)} in this order: {', '.join(classes)}")
+        classes = list(classes)
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"VOCDataset: duplicate class names in {classes}")
+        class_to_label = {name: i + 1 for i, name in enumerate(classes)}
+        hint = ("these are the classes given (e.g. the model's); evaluate on data with these classes, or "
+                "retrain with the class added (--set classes=...)" if given else
+                f"add it to {CLASSES_FILE} in the data folder (one class a line, in label order)")
+        records, dropped, total = [], 0, 0
+        for r, image_id, xml_path in items:
+            boxes, labels, difficult, width, height = parse_voc_xml(xml_path, class_to_label, hint)
+            keep = np.ones(len(boxes), bool)
+            if width is not None:
+                boxes, keep = clip_and_filter(boxes, width, height)
+            else:
+                _, keep = clip_and_filter(boxes, np.inf, np.inf)
+            dropped += int((~keep).sum())
+            total += len(keep)
+            records.append(Record(os.path.join(r, "JPEGImages", image_id + image_ext), image_id,
+                                  boxes[keep], labels[keep], difficult[keep], width, height))
         warn_dropped(dropped, total, f"VOCDataset({', '.join(roots)}, split={split!r})")
         self.roots = roots
         self.split = split

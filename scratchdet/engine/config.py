@@ -11,9 +11,11 @@ class TrainConfig:
     # model
     model: str = "root_resnet_tiny"
     model_overrides: dict = field(default_factory=dict)
-    # data: "synth" (generated on the fly into data_root), "voc" or "coco"
+    # data: "synth" (generated on the fly into data_root), "voc", "coco" or "yolo"; a data_root
+    # ending in .yaml is read as YOLO and one ending in .json as COCO whatever this says
     dataset: str = "voc"
     data_root: str = ""
+    classes: str = ""                    # "a,b,c": the class list, in label order (default: the data's)
     train_split: str = "train"
     val_split: str = "val"
     coco_train_images: str = ""
@@ -131,8 +133,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"max_iters must be >= 1, got {cfg.max_iters}")
     if cfg.schedule not in ("multistep", "cosine"):
         raise ValueError(f"schedule must be 'multistep' or 'cosine', got {cfg.schedule!r}")
-    if cfg.dataset not in ("voc", "coco", "synth"):
-        raise ValueError(f"dataset must be 'voc', 'coco' or 'synth', got {cfg.dataset!r}")
+    if cfg.dataset not in ("voc", "coco", "yolo", "synth"):
+        raise ValueError(f"dataset must be 'voc', 'coco', 'yolo' or 'synth', got {cfg.dataset!r}")
     if cfg.keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {cfg.keep_last}")
     from ..models.registry import resolve_config
