@@ -15,6 +15,7 @@ _LAZY = {
     "evaluation": ("scratchdet.evaluation", None),
     "engine": ("scratchdet.engine", None),
     "build_model": ("scratchdet.models", "build_model"),
+    "build_detector": ("scratchdet.models", "build_detector"),
     "list_models": ("scratchdet.models", "list_models"),
     "save": ("scratchdet.models.io", "save"),
     "load": ("scratchdet.models.io", "load"),

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import scratchdet
-from scratchdet.models import BasicBlock, ConvBNAct, build_model, list_models
+from scratchdet.models import BasicBlock, ConvNormAct, build_model, list_models
 from scratchdet.models.fast_inference import FastPredictor
 from scratchdet.models import onednn
 from scratchdet.models.conv_backends import use_onednn_prepack, use_winograd
@@ -49,7 +49,7 @@ def test_every_preset_matches_unfused_and_folds_every_batch_norm(name):
     report = fused.fuse_report
     assert report.unfused == [] and report.folded_batch_norms == count_bn(model) > 0
     assert count_bn(fused) == 0
-    assert not any(isinstance(m, (ConvBNAct, BasicBlock)) for m in fused.modules())
+    assert not any(isinstance(m, (ConvNormAct, BasicBlock)) for m in fused.modules())
     n_blocks = sum(isinstance(m, BasicBlock) for m in model.modules())
     assert sum(isinstance(m, FusedBasicBlock) for m in fused.modules()) == n_blocks
     x = torch.randn(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
@@ -147,22 +147,22 @@ def test_fused_model_keeps_the_api_and_detections():
 
 
 def test_unfusable_patterns_are_left_unfused_and_reported():
-    block = ConvBNAct(4, 8, 3)
+    block = ConvNormAct(4, 8, 3)
     block.conv = nn.Conv2d(4, 8, 3, padding=1, bias=False, padding_mode="reflect")
-    model = nn.Sequential(block, ConvBNAct(8, 8, 3), nn.BatchNorm2d(8), BasicBlock(8, 8)).eval()
+    model = nn.Sequential(block, ConvNormAct(8, 8, 3), nn.BatchNorm2d(8), BasicBlock(8, 8)).eval()
     randomise_batch_norms(model)
     with pytest.warns(UserWarning, match="left unfused: 0 .*padding_mode='reflect'.*2 \\(BatchNorm outside"):
         fused = fuse(model)
     names = [n for n, _ in fused.fuse_report.unfused]
     assert names == ["0", "2"] and fused.fuse_report.fused == ["1", "3"]
-    assert isinstance(fused[0], ConvBNAct) and isinstance(fused[3], FusedBasicBlock)
+    assert isinstance(fused[0], ConvNormAct) and isinstance(fused[3], FusedBasicBlock)
     x = torch.randn(2, 4, 9, 9)
     with torch.no_grad():
         assert rel_err(fused(x), model(x)) < 1e-5
 
 
 def test_conv_without_batch_norm_is_fused_with_its_bias():
-    model = nn.Sequential(ConvBNAct(3, 6, 3, bn=False, act=True), ConvBNAct(6, 6, 1, bn=False, act=False)).eval()
+    model = nn.Sequential(ConvNormAct(3, 6, 3, norm="none", act=True), ConvNormAct(6, 6, 1, norm="none", act=False)).eval()
     fused = fuse(model)
     assert all(isinstance(m, FusedConvAct) for m in fused) and fused[0].bias is not None
     x = torch.randn(1, 3, 8, 8)

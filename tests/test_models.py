@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import scratchdet
-from scratchdet.models import BasicBlock, ConvBNAct, SSDRawOutputs, build_model, list_models
+from scratchdet.models import BasicBlock, ConvNormAct, SSDRawOutputs, build_model, list_models
 from scratchdet.models.priors import SSD300_FEATURE_SIZES, generate_priors, prior_sizes
 from scratchdet.ops._extension import has_op
 
@@ -63,7 +63,7 @@ def test_ssd300_sources_and_8732_priors(name):
     # width 8 keeps the forward cheap; the geometry does not depend on the width
     model = build_model(name, width=8, extra_channels=16).eval()
     assert model.priors.shape == (8732, 4)
-    assert model.feature_sizes == list(SSD300_FEATURE_SIZES)
+    assert model.feature_sizes == [(s, s) for s in SSD300_FEATURE_SIZES]
     images = torch.randn(1, 3, 300, 300)
     assert _source_shapes(model, images) == [(s, s) for s in SSD300_FEATURE_SIZES]
     loc, logits = model.forward_raw(images)
@@ -81,10 +81,10 @@ def test_full_width_root_resnet34_forward_shapes():
 def test_tiny_preset_is_a_six_source_root_resnet_ssd():
     model = build_model("root_resnet_tiny")
     assert model.image_size == 128 and len(model.loc_heads) == 6
-    assert model.feature_sizes == [32, 16, 8, 4, 2, 1]
+    assert model.feature_sizes == [(s, s) for s in (32, 16, 8, 4, 2, 1)]
     assert model.priors.shape[0] == 6132
     assert model.backbone.stem_name == "root"
-    assert _source_shapes(model.eval(), torch.randn(1, 3, 128, 128)) == [(s, s) for s in model.feature_sizes]
+    assert _source_shapes(model.eval(), torch.randn(1, 3, 128, 128)) == model.feature_sizes
 
 
 def test_root_block_is_three_stride1_3x3_convs_then_2x2_pool():
@@ -92,7 +92,7 @@ def test_root_block_is_three_stride1_3x3_convs_then_2x2_pool():
     stem = model.backbone.stem
     assert len(stem) == 3
     for block in stem:
-        assert isinstance(block, ConvBNAct) and block.act and isinstance(block.bn, nn.BatchNorm2d)
+        assert isinstance(block, ConvNormAct) and block.act and isinstance(block.norm, nn.BatchNorm2d)
         assert block.conv.kernel_size == (3, 3) and block.conv.stride == (1, 1)
         assert block.conv.out_channels == 64
     x = torch.randn(1, 3, 300, 300)
@@ -125,7 +125,7 @@ def test_priors_voc_and_coco_presets_and_clipping():
 
 # ------------------------------------------------------------------ BatchNorm flags
 def _conv_blocks(module):
-    return [m for m in module.modules() if isinstance(m, ConvBNAct)]
+    return [m for m in module.modules() if isinstance(m, ConvNormAct)]
 
 
 @pytest.mark.parametrize("bn_backbone", [True, False])
@@ -136,10 +136,10 @@ def test_bn_present_exactly_as_flags_say(name, bn_backbone, bn_head):
     body = _conv_blocks(model.backbone) + _conv_blocks(model.extras)
     heads = _conv_blocks(model.loc_heads) + _conv_blocks(model.conf_heads)
     assert body and len(heads) == 12
-    assert all((b.bn is not None) == bn_backbone for b in body)
-    assert all((b.bn is not None) == bn_head and not b.act for b in heads)
+    assert all((b.norm is not None) == bn_backbone for b in body)
+    assert all((b.norm is not None) == bn_head and not b.act for b in heads)
     # a conv has a bias exactly when no BN follows it
-    assert all((b.conv.bias is None) == (b.bn is not None) for b in body + heads)
+    assert all((b.conv.bias is None) == (b.norm is not None) for b in body + heads)
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert n_bn == len(body) * bn_backbone + len(heads) * bn_head
 
@@ -150,7 +150,7 @@ def test_blocks_follow_the_fuse_contract():
     assert blocks
     for b in blocks:
         assert b.conv1.act and not b.conv2.act
-        assert b.shortcut is None or (isinstance(b.shortcut, ConvBNAct) and not b.shortcut.act)
+        assert b.shortcut is None or (isinstance(b.shortcut, ConvNormAct) and not b.shortcut.act)
 
 
 # ------------------------------------------------------------------ parameter counts (README table)
@@ -260,7 +260,7 @@ def test_head_starts_at_the_background_prior(bn_head):
     torch.manual_seed(0)
     model = build_model("root_resnet_tiny", **{**TINY, "num_classes": 5}, bn_head=bn_head).eval()
     if bn_head:  # eval-mode BN with fresh running stats is nearly the identity: beta carries the prior
-        assert all(torch.equal(h.bn.weight, torch.ones_like(h.bn.weight)) for h in model.conf_heads)
+        assert all(torch.equal(h.norm.weight, torch.ones_like(h.norm.weight)) for h in model.conf_heads)
     loc, logits = model.forward_raw(torch.randn(2, 3, 64, 64))
     background = logits.softmax(-1)[..., 0]
     if not bn_head:  # small predictor weights: every prior starts at ~0.99 background, offsets ~0
@@ -268,7 +268,7 @@ def test_head_starts_at_the_background_prior(bn_head):
         assert loc.abs().max() < 2.0             # a Kaiming-initialised predictor gives ~10x that
     assert background.median() > 0.9
     off = build_model("root_resnet_tiny", **{**TINY, "num_classes": 5}, bn_head=bn_head, background_prior=0.0)
-    bias = [h.conv.bias if h.bn is None else h.bn.bias for h in off.conf_heads]
+    bias = [h.conv.bias if h.norm is None else h.norm.bias for h in off.conf_heads]
     assert all(float(b.detach().abs().max()) == 0.0 for b in bias)
     with pytest.raises(ValueError, match="background_prior must be in"):
         build_model("root_resnet_tiny", **TINY, background_prior=1.0)

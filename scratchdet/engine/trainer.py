@@ -28,13 +28,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_bn_bias: 
     """Weight decay on conv/linear weights; optionally none on BN parameters and biases."""
     if not no_decay_bn_bias:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    from ..models.layers import is_norm
+
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
-            is_norm = isinstance(module, torch.nn.modules.batchnorm._NormBase)
-            (no_decay if is_norm or name == "bias" else decay).append(p)
+            (no_decay if is_norm(module) or name == "bias" else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -56,9 +57,7 @@ class Trainer:
         self.model.class_names = list(classes)  # saved with the weights by scratchdet.save
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
-        if self.dist.enabled and self.device.type == "cuda":
-            # SyncBN needs a GPU; on CPU (gloo) BN stays per-rank and DDP broadcasts rank 0's buffers.
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self._check_sync_batch_norm()
         self.net = self.model
         if self.dist.enabled:
             # device_ids=None: DDP leaves the inputs where they are, so the targets reach the model on
@@ -77,6 +76,15 @@ class Trainer:
         self.history_map: list[tuple[int, float]] = []
         self.metrics = JSONLWriter(os.path.join(cfg.out_dir, "metrics.jsonl"))
         self._stop_signal = None
+
+    def _check_sync_batch_norm(self) -> None:
+        """SyncBN synchronises over GPUs only: under DDP on the CPU (gloo) torch cannot run it."""
+        if not (self.dist.enabled and self.device.type != "cuda"):
+            return
+        if any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.model.modules()):
+            raise ValueError("norm 'syncbn' synchronises BatchNorm statistics over GPUs under DDP; this run is "
+                             f"on {self.device.type} (gloo), where torch cannot: use norm 'bn' (per-process "
+                             "statistics, averaged before checkpoints and evaluation) or 'gn'")
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import BasicBlock, ConvBNAct, L2Norm
+from .layers import BasicBlock, ConvNormAct, L2Norm
 
 __all__ = ["RESNET_BLOCKS", "STEMS", "ResNetBackbone", "VGG16Backbone", "conv_out_size"]
 
@@ -43,7 +43,7 @@ class ResNetBackbone(nn.Module):
     """
 
     def __init__(self, blocks: Sequence[int] = (2, 2, 2, 2), stem: str = "root", width: int = 64,
-                 source_stages: Sequence[int] = (3, 4), bn: bool = True, root_width: int | None = None):
+                 source_stages: Sequence[int] = (3, 4), norm: str = "bn", root_width: int | None = None):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; expected one of {sorted(STEMS)}")
@@ -55,17 +55,17 @@ class ResNetBackbone(nn.Module):
         stem_width = width
         if stem == "root":
             stem_width = root_width or width
-            self.stem = nn.Sequential(ConvBNAct(3, stem_width, 3, 1, bn=bn),
-                                      ConvBNAct(stem_width, stem_width, 3, 1, bn=bn),
-                                      ConvBNAct(stem_width, stem_width, 3, 1, bn=bn))
+            self.stem = nn.Sequential(ConvNormAct(3, stem_width, 3, 1, norm=norm),
+                                      ConvNormAct(stem_width, stem_width, 3, 1, norm=norm),
+                                      ConvNormAct(stem_width, stem_width, 3, 1, norm=norm))
         else:
-            self.stem = nn.Sequential(ConvBNAct(3, width, 7, 1 if stem == "c" else 2, padding=3, bn=bn))
+            self.stem = nn.Sequential(ConvNormAct(3, width, 7, 1 if stem == "c" else 2, padding=3, norm=norm))
         self.stage_channels = [width * m for m in (1, 2, 4, 8)]
         stages, in_ch = [], stem_width
         for i, (n, out_ch) in enumerate(zip(blocks[:max(self.source_stages)], self.stage_channels)):
             stride = 1 if i == 0 else 2
-            layers = [BasicBlock(in_ch, out_ch, stride, bn=bn)]
-            layers += [BasicBlock(out_ch, out_ch, 1, bn=bn) for _ in range(n - 1)]
+            layers = [BasicBlock(in_ch, out_ch, stride, norm=norm)]
+            layers += [BasicBlock(out_ch, out_ch, 1, norm=norm) for _ in range(n - 1)]
             stages.append(nn.Sequential(*layers))
             in_ch = out_ch
         self.stages = nn.ModuleList(stages)
@@ -114,12 +114,12 @@ _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M"
 class VGG16Backbone(nn.Module):
     """SSD's VGG16: conv1_1..conv5_3, pool5 3x3/1, dilated fc6 (1024), fc7 1x1 (1024).
 
-    Sources are conv4_3 (through L2Norm, as in SSD) and fc7. ``bn`` adds BatchNorm
-    after every conv (the paper's "BN on backbone"). ``width`` scales the
+    Sources are conv4_3 (through L2Norm, as in SSD) and fc7. ``norm`` (e.g. "bn", the paper's
+    "BN in backbone", or "none") is the normalisation after every conv. ``width`` scales the
     channels (64 = the published network).
     """
 
-    def __init__(self, bn: bool = True, width: int = 64):
+    def __init__(self, norm: str = "bn", width: int = 64):
         super().__init__()
         scale = width / 64
         layers, in_ch = [], 3
@@ -129,16 +129,16 @@ class VGG16Backbone(nn.Module):
                 layers.append(nn.MaxPool2d(2, 2, ceil_mode=v == "C"))
                 continue
             out_ch = max(1, int(round(v * scale)))
-            layers.append(ConvBNAct(in_ch, out_ch, 3, 1, bn=bn))
+            layers.append(ConvNormAct(in_ch, out_ch, 3, 1, norm=norm))
             in_ch = out_ch
-            if sum(isinstance(m, ConvBNAct) for m in layers) == 10 and self.conv4_3_index is None:
+            if sum(isinstance(m, ConvNormAct) for m in layers) == 10 and self.conv4_3_index is None:
                 self.conv4_3_index = len(layers)          # conv4_3 is the tenth conv
         self.features = nn.Sequential(*layers)
         fc_ch = int(round(1024 * scale))
         self.conv4_3_channels = in_ch
         self.l2norm = L2Norm(in_ch)
-        self.fc = nn.Sequential(nn.MaxPool2d(3, 1, 1), ConvBNAct(in_ch, fc_ch, 3, 1, padding=6, dilation=6, bn=bn),
-                                ConvBNAct(fc_ch, fc_ch, 1, 1, bn=bn))
+        self.fc = nn.Sequential(nn.MaxPool2d(3, 1, 1), ConvNormAct(in_ch, fc_ch, 3, 1, padding=6, dilation=6, norm=norm),
+                                ConvNormAct(fc_ch, fc_ch, 1, 1, norm=norm))
         self.fc_channels = fc_ch
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

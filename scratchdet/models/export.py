@@ -14,7 +14,7 @@ from .ssd import SSDRawOutputs
 
 def _example(model, batch_size: int) -> torch.Tensor:
     device = model.priors.device
-    return torch.zeros(batch_size, 3, model.image_size, model.image_size, device=device)
+    return torch.zeros(batch_size, 3, *model.input_size, device=device)
 
 
 def export_program(model, path: str, batch_size: int = 1) -> str:

@@ -5,32 +5,32 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from .layers import BasicBlock, ConvBNAct
+from .layers import BasicBlock, ConvNormAct
 
 __all__ = ["residual_extras", "vgg_extras", "extra_out_size"]
 
 
-def residual_extras(in_channels: int, channels: int, paddings: Sequence[int], bn: bool = True) -> nn.ModuleList:
+def residual_extras(in_channels: int, channels: int, paddings: Sequence[int], norm: str = "bn") -> nn.ModuleList:
     """The ResNet family's extra layers: one stride-2 BasicBlock per extra source.
 
     Padding 1 halves the size (19 -> 10 -> 5 -> 3); padding 0 takes 3 -> 1.
     """
     layers = []
     for p in paddings:
-        layers.append(BasicBlock(in_channels, channels, stride=2, bn=bn, padding=p))
+        layers.append(BasicBlock(in_channels, channels, stride=2, norm=norm, padding=p))
         in_channels = channels
     return nn.ModuleList(layers)
 
 
-def vgg_extras(in_channels: int, paddings: Sequence[int] = (1, 1, 0, 0), bn: bool = True,
+def vgg_extras(in_channels: int, paddings: Sequence[int] = (1, 1, 0, 0), norm: str = "bn",
                scale: float = 1.0) -> nn.ModuleList:
     """SSD300's VGG extras: 1x1 reduce then 3x3 (stride 2 with padding 1, else stride 1 valid)."""
     spec = [(256, 512), (128, 256), (128, 256), (128, 256)]
     layers = []
     for (mid, out), p in zip(spec, paddings):
         mid, out = int(round(mid * scale)), int(round(out * scale))
-        layers.append(nn.Sequential(ConvBNAct(in_channels, mid, 1, 1, bn=bn),
-                                    ConvBNAct(mid, out, 3, 2 if p == 1 else 1, padding=p, bn=bn)))
+        layers.append(nn.Sequential(ConvNormAct(in_channels, mid, 1, 1, norm=norm),
+                                    ConvNormAct(mid, out, 3, 2 if p == 1 else 1, padding=p, norm=norm)))
         in_channels = out
     return nn.ModuleList(layers)
 

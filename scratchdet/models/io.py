@@ -37,9 +37,13 @@ def _invalid(path, why: str) -> ValueError:
     return ValueError(f"scratchdet.load: {path!s} is not a valid scratchdet checkpoint: {why}")
 
 
-def load(path, map_location="cpu"):
-    """Rebuild the model saved at ``path`` and load its weights; returned in eval mode."""
-    from .registry import build_model
+def load(path, map_location="cpu", backbone=None):
+    """Rebuild the model saved at ``path`` and load its weights; returned in eval mode.
+
+    A model built with :func:`scratchdet.build_detector` around a user module needs a new
+    instance of that module as ``backbone`` (its weights come from the file).
+    """
+    from .registry import build_detector, build_model
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -57,8 +61,16 @@ def load(path, map_location="cpu"):
     config, state = payload.get("config"), payload.get("state_dict")
     if not isinstance(config, dict) or not isinstance(state, dict) or "name" not in config:
         raise _invalid(path, "the config or the state dict is missing or malformed")
+    if config.get("arch") == "custom" and backbone is None:
+        raise ValueError(f"scratchdet.load: {path} holds a detector around a user backbone "
+                         f"({config.get('backbone') or 'an nn.Module'}); pass a new instance of it: "
+                         "scratchdet.load(path, backbone=...)")
     try:
-        model = build_model(**config)
+        if config.get("arch") == "custom":
+            options = {k: v for k, v in config.items() if k not in ("name", "num_classes")}
+            model = build_detector(backbone, config["num_classes"], **options)
+        else:
+            model = build_model(**config)
     except (TypeError, ValueError) as exc:
         raise _invalid(path, f"its config does not build a model ({exc})") from None
     try:

@@ -1,9 +1,11 @@
-"""SSD prior (default box) generator with the paper's VOC and COCO size presets.
+"""SSD prior (default box) generator: the paper's VOC and COCO size presets, and SSD's scale rule
+for any feature pyramid and any (also non-square) input size.
 
-Priors are (cx, cy, w, h), normalised to [0, 1]. Their order matches the head
-outputs: source by source, then row-major over the feature map, then the boxes
-of one location: the min-size square, the sqrt(min*max) square, then for each
-aspect ratio r the pair (w*sqrt(r), h/sqrt(r)), (w/sqrt(r), h*sqrt(r)).
+Priors are (cx, cy, w, h), normalised to [0, 1] of the input. Their order matches the head
+outputs: source by source, then row-major over the feature map, then the boxes of one
+location: the min-size square, the sqrt(min*max) square, then for each aspect ratio r the
+pair (w*sqrt(r), h/sqrt(r)), (w/sqrt(r), h*sqrt(r)). Sizes are in input pixels and the boxes
+are square in pixels (on a non-square input their normalised w and h differ).
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["PRIOR_SIZES", "SSD300_FEATURE_SIZES", "SSD300_STEPS", "SSD300_ASPECT_RATIOS",
-           "num_priors_per_location", "prior_sizes", "default_steps", "generate_priors"]
+__all__ = ["PRIOR_SIZES", "SSD300_FEATURE_SIZES", "SSD300_STEPS", "SSD300_ASPECT_RATIOS", "as_hw",
+           "num_priors_per_location", "default_aspect_ratios", "prior_sizes", "ssd_prior_sizes", "default_steps",
+           "generate_priors"]
 
 # min/max sizes in pixels at 300 px input (docs/DESIGN.md, "Priors")
 PRIOR_SIZES = {
@@ -25,58 +28,102 @@ SSD300_STEPS = (8, 16, 32, 64, 100, 300)
 SSD300_ASPECT_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
 
 
+def as_hw(size) -> tuple[int, int]:
+    """An int side or an (h, w) pair -> (h, w)."""
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2:
+            raise ValueError(f"expected a size as one int or (height, width), got {tuple(size)}")
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
+
+
 def num_priors_per_location(aspect_ratios: Sequence[Sequence[float]]) -> list[int]:
     """Two squares plus two boxes per aspect ratio: 4 for [2], 6 for [2, 3]."""
     return [2 + 2 * len(ars) for ars in aspect_ratios]
 
 
-def prior_sizes(preset: str, image_size: int, num_sources: int = 6):
-    """Min and max sizes in pixels for ``image_size``: the 300-px preset scaled by image_size / 300.
+def default_aspect_ratios(num_sources: int) -> tuple:
+    """SSD300's pattern for any number of sources: [2] on the first and the last two, [2, 3] between."""
+    ars = [(2, 3)] * num_sources
+    for i in {0, num_sources - 1, max(num_sources - 2, 0)}:
+        if num_sources:
+            ars[i] = (2,)
+    return tuple(ars)
+
+
+def prior_sizes(preset: str, image_size, num_sources: int = 6):
+    """Min and max sizes in pixels for an input of ``image_size``: the 300-px preset scaled by
+    (shorter side) / 300.
 
     With fewer than six sources the smallest sizes are dropped (the large-object
     end of the range stays, so the biggest prior still covers the image).
     """
     if preset not in PRIOR_SIZES:
-        raise ValueError(f"unknown prior size preset {preset!r}; expected one of {sorted(PRIOR_SIZES)}")
+        raise ValueError(f"unknown prior size preset {preset!r}; expected one of {sorted(PRIOR_SIZES)} or 'ssd'")
     if not 1 <= num_sources <= 6:
-        raise ValueError(f"prior_sizes: expected 1..6 sources, got {num_sources}")
-    scale = image_size / 300.0
+        raise ValueError(f"prior_sizes {preset!r} covers 1..6 sources, got {num_sources}; use prior_sizes='ssd' "
+                         "(the SSD scale rule) for other pyramids")
+    scale = min(as_hw(image_size)) / 300.0
     mins, maxs = PRIOR_SIZES[preset]
     mins, maxs = mins[6 - num_sources:], maxs[6 - num_sources:]
     return [m * scale for m in mins], [m * scale for m in maxs]
 
 
-def default_steps(image_size: int, feature_sizes: Sequence[int]) -> list[float]:
-    """The paper's steps at 300 px with the standard layout, else image_size / feature size."""
-    if image_size == 300 and tuple(feature_sizes) == SSD300_FEATURE_SIZES:
-        return [float(s) for s in SSD300_STEPS]
-    return [image_size / f for f in feature_sizes]
+def ssd_prior_sizes(num_sources: int, image_size, s_min: float = 0.2, s_max: float = 0.9):
+    """SSD's scale rule: source k of m has scale ``s_k = s_min + (s_max - s_min)(k - 1)/(m - 1)`` of
+    the input's shorter side, and its extra square prior ``sqrt(s_k s_{k+1})`` (``s_{m+1} = 1``).
+    Returns (min sizes, max sizes) in pixels, as :func:`prior_sizes`."""
+    if num_sources < 1:
+        raise ValueError(f"ssd_prior_sizes: expected at least one source, got {num_sources}")
+    if not 0.0 < s_min <= s_max <= 1.0:
+        raise ValueError(f"expected 0 < s_min <= s_max <= 1, got s_min={s_min}, s_max={s_max}")
+    side = min(as_hw(image_size))
+    m = num_sources
+    scales = [s_min + (s_max - s_min) * k / (m - 1) for k in range(m)] if m > 1 else [s_min]
+    scales.append(1.0)
+    return [s * side for s in scales[:-1]], [s * side for s in scales[1:]]
 
 
-def generate_priors(image_size: int, feature_sizes: Sequence[int], min_sizes: Sequence[float],
-                    max_sizes: Sequence[float], aspect_ratios: Sequence[Sequence[float]],
-                    steps: Sequence[float] | None = None, clip: bool = False,
+def default_steps(image_size, feature_sizes) -> list[tuple[float, float]]:
+    """The paper's steps at 300 px with the standard layout, else the source strides
+    (input size / feature size, per axis), as (step_y, step_x)."""
+    h, w = as_hw(image_size)
+    sizes = [as_hw(f) for f in feature_sizes]
+    if (h, w) == (300, 300) and sizes == [(f, f) for f in SSD300_FEATURE_SIZES]:
+        return [(float(s), float(s)) for s in SSD300_STEPS]
+    return [(h / fh, w / fw) for fh, fw in sizes]
+
+
+def generate_priors(image_size, feature_sizes, min_sizes: Sequence[float], max_sizes: Sequence[float],
+                    aspect_ratios: Sequence[Sequence[float]], steps=None, clip: bool = False,
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """All priors, ``[P, 4]`` (cx, cy, w, h) normalised; ``clip`` clamps them to [0, 1]."""
+    """All priors, ``[P, 4]`` (cx, cy, w, h) normalised; ``clip`` clamps them to [0, 1].
+
+    ``image_size`` and each feature size are an int side or (h, w); ``steps`` (default
+    :func:`default_steps`) one number or (step_y, step_x) per source.
+    """
     n = len(feature_sizes)
     if not (len(min_sizes) == len(max_sizes) == len(aspect_ratios) == n):
         raise ValueError(f"generate_priors: feature_sizes, min_sizes, max_sizes and aspect_ratios must have "
                          f"one entry per source; got {len(feature_sizes)}, {len(min_sizes)}, "
                          f"{len(max_sizes)} and {len(aspect_ratios)}")
+    h, w = as_hw(image_size)
     if steps is None:
         steps = default_steps(image_size, feature_sizes)
     out = []
     for f, step, s_min, s_max, ars in zip(feature_sizes, steps, min_sizes, max_sizes, aspect_ratios):
-        s = s_min / image_size
-        s_prime = math.sqrt(s * s_max / image_size)
-        whs = [(s, s), (s_prime, s_prime)]
+        fh, fw = as_hw(f)
+        step_y, step_x = step if isinstance(step, (list, tuple)) else (step, step)
+        sx, sy = s_min / w, s_min / h                                             # normalised, per axis
+        whs = [(sx, sy), (math.sqrt(sx * s_max / w), math.sqrt(sy * s_max / h))]
         for r in ars:
-            whs += [(s * math.sqrt(r), s / math.sqrt(r)), (s / math.sqrt(r), s * math.sqrt(r))]
-        centres = (torch.arange(f, dtype=torch.float64) + 0.5) * (step / image_size)
-        cy, cx = torch.meshgrid(centres, centres, indexing="ij")                  # row-major locations
-        cxcy = torch.stack([cx.reshape(-1), cy.reshape(-1)], -1)                  # [f*f, 2]
+            whs += [(sx * math.sqrt(r), sy / math.sqrt(r)), (sx / math.sqrt(r), sy * math.sqrt(r))]
+        cy = (torch.arange(fh, dtype=torch.float64) + 0.5) * (step_y / h)
+        cx = (torch.arange(fw, dtype=torch.float64) + 0.5) * (step_x / w)
+        cy, cx = torch.meshgrid(cy, cx, indexing="ij")                           # row-major locations
+        cxcy = torch.stack([cx.reshape(-1), cy.reshape(-1)], -1)                  # [fh*fw, 2]
         wh = torch.tensor(whs, dtype=torch.float64)                               # [A, 2]
-        boxes = torch.cat([cxcy[:, None, :].expand(-1, len(whs), 2), wh[None].expand(f * f, -1, 2)], -1)
+        boxes = torch.cat([cxcy[:, None, :].expand(-1, len(whs), 2), wh[None].expand(fh * fw, -1, 2)], -1)
         out.append(boxes.reshape(-1, 4))
     priors = torch.cat(out) if out else torch.zeros((0, 4), dtype=torch.float64)
     if clip:

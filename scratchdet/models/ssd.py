@@ -17,8 +17,10 @@ from .. import ops
 from ..constants import MEAN, STD
 from ..data.collate import as_padded_targets, check_target_labels
 from ..data.preprocess import postprocess, preprocess
-from .layers import ConvBNAct
+from .families import features_list
+from .layers import ConvNormAct
 from .loss import MultiBoxLoss
+from .priors import as_hw
 
 __all__ = ["SSD", "SSDRawOutputs", "INPUT_DEFAULTS", "DETECT_DEFAULTS", "check_detect_settings",
            "predict_images"]
@@ -43,29 +45,30 @@ class SSD(nn.Module):
     Attributes: ``priors [P, 4]`` (cx, cy, w, h; a buffer), ``num_classes``
     (background included), ``config`` (a plain dict: ``build_model(**config)``
     rebuilds this model; it also holds the input and detection settings),
-    ``image_size``, ``feature_sizes`` (the side of every source, finest first).
+    ``image_size`` (one side or (height, width), as configured), ``input_size``
+    (height, width), ``feature_sizes`` ((height, width) of every source, finest first).
     """
 
     def __init__(self, *, backbone: nn.Module, extras: nn.ModuleList, source_channels: Sequence[int],
-                 feature_sizes: Sequence[int], priors: torch.Tensor, anchors_per_location: Sequence[int],
-                 num_classes: int, image_size: int, bn_head: bool, config: dict, variances=(0.1, 0.2),
+                 feature_sizes: Sequence, priors: torch.Tensor, anchors_per_location: Sequence[int],
+                 num_classes: int, image_size, head_norm: str, config: dict, variances=(0.1, 0.2),
                  iou_threshold: float = 0.5, neg_pos_ratio: float = 3.0):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
-        sizes = list(feature_sizes)
-        if min(sizes) < 1:
+        sizes = [as_hw(s) for s in feature_sizes]
+        if min(min(s) for s in sizes) < 1:
             raise ValueError(f"input size {image_size} is too small for this layout: source sizes {sizes}")
         if not (len(anchors_per_location) == len(source_channels) == len(sizes)):
             raise ValueError(f"{len(source_channels)} sources with {len(sizes)} sizes and "
                              f"{len(anchors_per_location)} prior layouts")
-        expected = sum(a * s * s for a, s in zip(anchors_per_location, sizes))
+        expected = sum(a * h * w for a, (h, w) in zip(anchors_per_location, sizes))
         if priors.shape[0] != expected:
             raise ValueError(f"{priors.shape[0]} priors for sources {sizes} that need {expected}")
         self.backbone = backbone
         self.extras = extras
         self.num_classes = int(num_classes)
-        self.image_size = int(image_size)
+        self.image_size = tuple(image_size) if isinstance(image_size, (list, tuple)) else int(image_size)
         self.config = dict(config)
         for key, value in {**INPUT_DEFAULTS, **DETECT_DEFAULTS}.items():   # a config from before these settings
             self.config.setdefault(key, value)
@@ -73,12 +76,17 @@ class SSD(nn.Module):
         self.feature_sizes = sizes
         self.register_buffer("priors", priors, persistent=False)
         self.anchors_per_location = list(anchors_per_location)
-        self.loc_heads = nn.ModuleList(ConvBNAct(c, a * 4, 3, 1, bn=bn_head, act=False)
+        self.loc_heads = nn.ModuleList(ConvNormAct(c, a * 4, 3, 1, norm=head_norm, act=False)
                                        for c, a in zip(source_channels, anchors_per_location))
-        self.conf_heads = nn.ModuleList(ConvBNAct(c, a * num_classes, 3, 1, bn=bn_head, act=False)
+        self.conf_heads = nn.ModuleList(ConvNormAct(c, a * num_classes, 3, 1, norm=head_norm, act=False)
                                         for c, a in zip(source_channels, anchors_per_location))
         self.criterion = MultiBoxLoss(iou_threshold, neg_pos_ratio, variances)
         self.background_prior = 0.0
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the network's input."""
+        return as_hw(self.image_size)
 
     @property
     def input_spec(self) -> dict:
@@ -93,9 +101,9 @@ class SSD(nn.Module):
     def init_head(self, background_prior: float = 0.99, std: float = 0.01) -> None:
         """Start the predictors near "everything is background" with small offsets.
 
-        Without BN, the loc/conf convs get N(0, ``std``) weights (a Kaiming init
-        gives logits in the tens, and a first conf loss of ~30 per positive).
-        The background logit's bias (conv bias, or BN beta with ``bn_head``) is
+        Without a norm layer, the loc/conf convs get N(0, ``std``) weights (a Kaiming
+        init gives logits in the tens, and a first conf loss of ~30 per positive).
+        The background logit's bias (conv bias, or the norm's beta) is
         set so that softmax gives ``background_prior`` to background on every
         prior (Lin et al., RetinaNet's prior init, for a softmax). From a uniform
         start, a small SSD sits for hundreds of iterations on the plateau where it
@@ -107,21 +115,21 @@ class SSD(nn.Module):
             raise ValueError(f"background_prior must be in [0, 1), got {background_prior}")
         C = self.num_classes
         for head in list(self.loc_heads) + list(self.conf_heads):
-            if head.bn is None:
+            if head.norm is None:
                 nn.init.normal_(head.conv.weight, std=std)
                 nn.init.zeros_(head.conv.bias)
         if background_prior > 0:
             logit = math.log(background_prior * (C - 1) / (1.0 - background_prior))
             with torch.no_grad():
                 for head in self.conf_heads:
-                    bias = head.conv.bias if head.bn is None else head.bn.bias
+                    bias = head.conv.bias if head.norm is None else head.norm.bias
                     bias.view(-1, C)[:, 0] = logit        # channels are [anchor][class]
         self.background_prior = float(background_prior)
 
     # ------------------------------------------------------------------ network
     def forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The network's raw outputs: ``loc [B, P, 4]`` offsets and ``logits [B, P, C]``."""
-        feats = self.backbone(images)
+        feats = features_list(self.backbone(images))
         x = feats[-1]
         for layer in self.extras:
             x = layer(x)
