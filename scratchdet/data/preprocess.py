@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..constants import MEAN, STD
 
-__all__ = ["RESIZE_FILTERS", "check_input_spec", "to_pil_rgb", "normalise", "resize_and_normalise",
+__all__ = ["RESIZE_FILTERS", "as_hw", "check_input_spec", "to_pil_rgb", "normalise", "resize_and_normalise",
            "preprocess", "postprocess"]
 
 # resize name (model.config["resize"]) -> PIL filter. PIL's filters widen their support when
@@ -35,10 +35,19 @@ RESIZE_FILTERS = {
 }
 
 
+def as_hw(size) -> tuple[int, int]:
+    """An input size, one side or (height, width) -> (height, width)."""
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2:
+            raise ValueError(f"expected a size as one int or (height, width), got {tuple(size)}")
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
+
+
 def check_input_spec(image_size, mean=MEAN, std=STD, resize="bilinear") -> None:
     """Raise ``ValueError`` for an input spec no image can be preprocessed with."""
-    if int(image_size) < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    if min(as_hw(image_size)) < 1:
+        raise ValueError(f"image_size must be positive (one side or (height, width)), got {image_size}")
     if resize not in RESIZE_FILTERS:
         raise ValueError(f"resize must be one of {sorted(RESIZE_FILTERS)}, got {resize!r}")
     for name, values in (("mean", mean), ("std", std)):
@@ -112,15 +121,15 @@ def normalise(patch: Image.Image, mean=MEAN, std=STD, affine=None) -> np.ndarray
     return out.reshape(3, ph, pw)
 
 
-def resize_and_normalise(image, image_size: int, mean=MEAN, std=STD, resize: str = "bilinear") -> torch.Tensor:
-    """One image -> the network's float32 ``[3, S, S]`` input (S = ``image_size``)."""
+def resize_and_normalise(image, image_size, mean=MEAN, std=STD, resize: str = "bilinear") -> torch.Tensor:
+    """One image -> the network's float32 ``[3, H, W]`` input (``image_size``: one side or (H, W))."""
     pil = to_pil_rgb(image)
-    size = int(image_size)
-    return torch.from_numpy(normalise(pil.resize((size, size), RESIZE_FILTERS[resize]), mean, std))
+    h, w = as_hw(image_size)
+    return torch.from_numpy(normalise(pil.resize((w, h), RESIZE_FILTERS[resize]), mean, std))
 
 
-def preprocess(images, image_size: int, mean=MEAN, std=STD, resize: str = "bilinear"):
-    """Images of any size -> ``(batch [B, 3, S, S] float32, sizes [(w, h), ...])``.
+def preprocess(images, image_size, mean=MEAN, std=STD, resize: str = "bilinear"):
+    """Images of any size -> ``(batch [B, 3, H, W] float32, sizes [(w, h), ...])``.
 
     ``images``: one image or a list of them, each a PIL image, a uint8 array or a ``[C, H, W]``
     tensor (see :func:`to_pil_rgb`). ``sizes`` are the original widths and heights, which

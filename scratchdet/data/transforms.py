@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ..constants import MEAN, STD
-from .preprocess import RESIZE_FILTERS, check_input_spec, normalise, resize_and_normalise, to_pil_rgb
+from .preprocess import RESIZE_FILTERS, as_hw, check_input_spec, normalise, resize_and_normalise, to_pil_rgb
 
 # RGB <-> YIQ: luma plus two chroma axes; scaling the chroma is saturation, rotating it is hue.
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
@@ -78,7 +78,7 @@ class SSDTransform:
 
     Called as ``transform(image, target, index=None)`` with a PIL image and a
     target holding pixel ``boxes`` [M,4], ``labels`` [M], ``difficult`` [M] and
-    ``image_id``. Returns (image tensor [3,size,size] normalised with ``mean`` and
+    ``image_id``. Returns (image tensor [3, H, W] normalised with ``mean`` and
     ``std``, target) where the target's boxes are normalised (x1, y1, x2, y2) in
     [0, 1], every one with x2 > x1 and y2 > y1, and ``orig_size`` is the input
     (height, width). The evaluation pixels are exactly
@@ -86,7 +86,7 @@ class SSDTransform:
     size, mean, std and resize filter from a model's config.
 
     Args:
-        size: output side in pixels.
+        size: output side in pixels, or (height, width).
         train: augment (True) or only resize (False).
         seed: None draws fresh randomness every call; an int makes every
             (epoch, index) sample reproducible.
@@ -103,15 +103,14 @@ class SSDTransform:
     def __init__(self, size, train=True, seed=None, drop_difficult=False, expand_prob=0.5, max_expand=4.0,
                  min_ious=(0.1, 0.3, 0.5, 0.7, 0.9), min_crop=0.3, flip_prob=0.5, photometric=True,
                  mean=MEAN, std=STD, resize="bilinear"):
-        if int(size) <= 0:
-            raise ValueError(f"SSDTransform: size must be positive, got {size}")
         try:
             check_input_spec(size, mean, std, resize)
         except ValueError as exc:
             raise ValueError(f"SSDTransform: {exc}") from None
         if max_expand < 1.0:
             raise ValueError(f"SSDTransform: max_expand must be >= 1, got {max_expand}")
-        self.size = int(size)
+        self.size = tuple(int(v) for v in size) if isinstance(size, (list, tuple)) else int(size)
+        self.size_hw = as_hw(self.size)
         self.train = train
         self.seed = seed
         self.epoch = 0
@@ -194,9 +193,9 @@ class SSDTransform:
         boxes = boxes / np.array([crop_w, crop_h, crop_w, crop_h])
 
         # Render: the part of the image inside the crop, resampled into its output rectangle.
-        s = self.size
-        sx, sy = s / crop_w, s / crop_h
-        canvas = np.zeros((3, s, s), np.float32)  # the mean colour, normalised
+        out_h, out_w = self.size_hw
+        sx, sy = out_w / crop_w, out_h / crop_h
+        canvas = np.zeros((3, out_h, out_w), np.float32)  # the mean colour, normalised
         vx1, vy1 = max(left, crop[0]), max(top, crop[1])
         vx2, vy2 = min(left + w, crop[2]), min(top + h, crop[3])
         ox1, ox2 = round((vx1 - crop[0]) * sx), round((vx2 - crop[0]) * sx)
@@ -207,7 +206,7 @@ class SSDTransform:
             patch = image.resize((ox2 - ox1, oy2 - oy1), RESIZE_FILTERS[self.resize], box=src)
             if flip:
                 patch = patch.transpose(Image.FLIP_LEFT_RIGHT)
-                ox1, ox2 = s - ox2, s - ox1
+                ox1, ox2 = out_w - ox2, out_w - ox1
             canvas[:, oy1:oy2, ox1:ox2] = normalise(patch, self.mean, self.std, affine)
         return torch.from_numpy(canvas), boxes, keep
 

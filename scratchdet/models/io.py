@@ -67,7 +67,7 @@ def load(path, map_location="cpu", backbone=None):
                          "scratchdet.load(path, backbone=...)")
     try:
         if config.get("arch") == "custom":
-            options = {k: v for k, v in config.items() if k not in ("name", "num_classes")}
+            options = {k: v for k, v in config.items() if k not in ("name", "num_classes", "backbone")}
             model = build_detector(backbone, config["num_classes"], **options)
         else:
             model = build_model(**config)

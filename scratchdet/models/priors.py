@@ -14,6 +14,8 @@ from typing import Sequence
 
 import torch
 
+from ..data.preprocess import as_hw
+
 __all__ = ["PRIOR_SIZES", "SSD300_FEATURE_SIZES", "SSD300_STEPS", "SSD300_ASPECT_RATIOS", "as_hw",
            "num_priors_per_location", "default_aspect_ratios", "prior_sizes", "ssd_prior_sizes", "default_steps",
            "generate_priors"]
@@ -26,15 +28,6 @@ PRIOR_SIZES = {
 SSD300_FEATURE_SIZES = (38, 19, 10, 5, 3, 1)
 SSD300_STEPS = (8, 16, 32, 64, 100, 300)
 SSD300_ASPECT_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
-
-
-def as_hw(size) -> tuple[int, int]:
-    """An int side or an (h, w) pair -> (h, w)."""
-    if isinstance(size, (list, tuple)):
-        if len(size) != 2:
-            raise ValueError(f"expected a size as one int or (height, width), got {tuple(size)}")
-        return int(size[0]), int(size[1])
-    return int(size), int(size)
 
 
 def num_priors_per_location(aspect_ratios: Sequence[Sequence[float]]) -> list[int]:
