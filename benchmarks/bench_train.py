@@ -1,0 +1,48 @@
+"""Training-step throughput (forward + MultiBoxLoss + backward + SGD step), channels_last, random data.
+
+Group "train backbones": root_resnet_demo against two timm backbones at the demo's shape
+(B=32, 128 px), images/s = 32 / the step time. Record in benchmarks/RESULTS.md.
+"""
+import pytest
+import torch
+
+from scratchdet.models import build_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:scratchdet. the compiled extension")
+
+BACKBONES = ["root_resnet_demo", "timm:mobilenetv3_large_100", "timm:resnet18"]
+
+
+def _targets(B, G=4, num_classes=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(B, G, 2, generator=g) * 0.6
+    wh = torch.rand(B, G, 2, generator=g) * 0.35 + 0.05
+    return {"boxes": torch.cat([xy, xy + wh], -1), "labels": torch.randint(1, num_classes, (B, G), generator=g)}
+
+
+def train_step(model, batch: int, size: int):
+    """A closure running one SGD step of ``model`` on a fixed random batch."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    images = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    targets = _targets(batch, num_classes=model.num_classes)
+    model.train()
+
+    def step():
+        loss = model(images, targets)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_train_step_backbones_b32_128px(benchmark, name):
+    if name.startswith("timm:"):
+        pytest.importorskip("timm")
+    benchmark.group = "train backbones: step B=32, 128 px, CPU"
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=7, image_size=128).to(memory_format=torch.channels_last)
+    benchmark.extra_info["parameters"] = sum(p.numel() for p in model.parameters())
+    benchmark.pedantic(train_step(model, 32, 128), rounds=5, warmup_rounds=1)
