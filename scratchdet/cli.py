@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # In the order `scratchdet --help` lists them.
-COMMANDS = ["demo", "train", "eval", "detect", "synth", "plot", "export", "info"]
+COMMANDS = ["demo", "train", "eval", "detect", "ablate", "synth", "plot", "export", "info"]
 
 
 class CLIError(Exception):

@@ -396,3 +396,30 @@ def test_onnx_export_forward_raw(tmp_path):
         want_loc, want_logits = model.forward_raw(x)
     torch.testing.assert_close(torch.from_numpy(loc), want_loc, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(torch.from_numpy(logits), want_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_strided_1x1_conv_with_few_channels_trains_in_channels_last():
+    """oneDNN's weight gradient of such a conv corrupts the heap on NHWC input (oneDNN#6035): the
+    layer takes another path; a subprocess, so that a regression is a failed test, not a dead run."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from scratchdet.models import BasicBlock
+torch.manual_seed(0)
+for cin, cout in ((4, 8), (8, 8), (3, 8), (8, 16)):
+    ref = BasicBlock(cin, cout, stride=2)
+    cl = BasicBlock(cin, cout, stride=2).to(memory_format=torch.channels_last)
+    cl.load_state_dict(ref.state_dict())
+    x = torch.randn(4, cin, 64, 64)
+    g = torch.randn(4, cout, 32, 32)          # a random projection: sum() through train-mode BN has no gradient
+    for _ in range(3):
+        (ref(x) * g).sum().backward()
+        (cl(x.contiguous(memory_format=torch.channels_last)) * g).sum().backward()
+    for (n, a), b in zip(ref.named_parameters(), cl.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-4 * float(a.grad.abs().max()), msg=n)
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

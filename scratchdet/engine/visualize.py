@@ -51,6 +51,38 @@ def _smooth(values, alpha: float = 0.9):
     return out
 
 
+FIGURE1_SERIES = (("loss", "training loss"), ("grad_norm", "L2 norm of gradient"),
+                  ("grad_fluct", "fluctuation of gradient L2 norm"))
+
+
+def plot_figure1(curves: dict, path: str, title: str | None = None) -> str:
+    """The paper's Figure 1 for several runs: training loss, gradient L2 norm and its fluctuation,
+    three panels, one smoothed curve per run. ``curves``: label -> the run's step records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for label, records in curves.items():
+        steps = [r for r in records if not r.get("eval")]
+        it = [r["iter"] for r in steps]
+        for ax, (key, _) in zip(axes, FIGURE1_SERIES):
+            ax.plot(it, _smooth([r[key] for r in steps]), lw=1.5, label=label)
+    for ax, (key, name) in zip(axes, FIGURE1_SERIES):
+        ax.set_title(name)
+        ax.set_xlabel("iteration")
+        ax.set_yscale("log")          # a diverging run spans many orders of magnitude
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
     """PNG plots of a run's metrics.jsonl: loss, gradient L2 norm, its fluctuation, mAP, and Figure 1."""
     import matplotlib

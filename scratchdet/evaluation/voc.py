@@ -69,7 +69,9 @@ def voc_eval(detections, annotations, iou_threshold=0.5, use_07_metric=True, pix
     """VOC mAP.
 
     Args:
-        detections: one dict per image with ``boxes`` [N,4] (x1,y1,x2,y2), ``scores`` [N], ``labels`` [N].
+        detections: one dict per image with ``boxes`` [N,4] (x1,y1,x2,y2), ``scores`` [N], ``labels`` [N],
+            and optionally ``ignore`` [N] (bool): such a detection counts as neither TP nor FP when it
+            matches no GT (COCO's rule for detections outside an evaluated size range).
         annotations: one dict per image, same order, with ``boxes`` [M,4], ``labels`` [M] and
             optionally ``difficult`` [M] (default all False).
         iou_threshold: a detection matches a GT at IoU >= this.
@@ -93,16 +95,17 @@ def voc_eval(detections, annotations, iou_threshold=0.5, use_07_metric=True, pix
         d_boxes = _array(det["boxes"], np.float64, (4,))
         d_scores = _array(det["scores"], np.float64)
         d_labels = _array(det["labels"], np.int64)
+        d_ignore = _array(det.get("ignore", np.zeros(len(d_labels), bool)), bool)
         if not (len(g_boxes) == len(g_labels) == len(g_diff)):
             raise ValueError(f"voc_eval: annotation {i}: boxes, labels and difficult differ in length")
-        if not (len(d_boxes) == len(d_scores) == len(d_labels)):
-            raise ValueError(f"voc_eval: detection {i}: boxes, scores and labels differ in length")
+        if not (len(d_boxes) == len(d_scores) == len(d_labels) == len(d_ignore)):
+            raise ValueError(f"voc_eval: detection {i}: boxes, scores, labels (and ignore) differ in length")
         if not (np.isfinite(d_boxes).all() and np.isfinite(d_scores).all()):
             raise ValueError(f"voc_eval: detection {i} has non-finite boxes or scores")
         if g_boxes.size and g_boxes.max() > 1.0:
             looks_normalised = False
         gts.append((g_boxes, g_labels, g_diff))
-        dets.append((d_boxes, d_scores, d_labels))
+        dets.append((d_boxes, d_scores, d_labels, d_ignore))
     if pixel_inclusive and looks_normalised and any(len(g[0]) for g in gts):
         warnings.warn("voc_eval: every GT coordinate is <= 1, so the boxes look normalised, but "
                       "pixel_inclusive=True adds 1 to widths; pass pixel_inclusive=False for normalised boxes")
@@ -115,14 +118,15 @@ def voc_eval(detections, annotations, iou_threshold=0.5, use_07_metric=True, pix
             continue
         # Per image: each detection's best GT (and its IoU); vectorised, then the greedy pass below.
         scores, best_iou, best_gt, image_of = [], [], [], []
-        difficult_of = []
-        for img, ((g_boxes, g_labels, g_diff), (d_boxes, d_scores, d_labels)) in enumerate(zip(gts, dets)):
+        difficult_of, ignore_of = [], []
+        for img, ((g_boxes, g_labels, g_diff), (d_boxes, d_scores, d_labels, d_ignore)) in enumerate(zip(gts, dets)):
             dm = d_labels == label
             if not dm.any():
                 continue
             gm = g_labels == label
             boxes = d_boxes[dm]
             scores.append(d_scores[dm])
+            ignore_of.append(d_ignore[dm])
             image_of.append(np.full(len(boxes), img))
             if gm.any():
                 iou = _iou(boxes, g_boxes[gm], offset)
@@ -139,6 +143,7 @@ def voc_eval(detections, annotations, iou_threshold=0.5, use_07_metric=True, pix
             continue
         scores, best_iou = np.concatenate(scores), np.concatenate(best_iou)
         best_gt, image_of = np.concatenate(best_gt), np.concatenate(image_of)
+        ignore_unmatched = np.concatenate(ignore_of)
         order = np.argsort(-scores, kind="stable")
         tp = np.zeros(len(order))
         fp = np.zeros(len(order))
@@ -155,7 +160,7 @@ def voc_eval(detections, annotations, iou_threshold=0.5, use_07_metric=True, pix
                 else:
                     matched[key] = True
                     tp[rank] = 1
-            else:
+            elif not ignore_unmatched[d]:
                 fp[rank] = 1
         tp, fp = np.cumsum(tp), np.cumsum(fp)
         recall = tp / npos

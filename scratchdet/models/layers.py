@@ -84,12 +84,22 @@ class ConvNormAct(nn.Module):
         self.act = bool(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
+        x = self._conv(x)
         if self.norm is not None:
             x = self.norm(x)
         if self.act:
             x = F.relu(x, inplace=True)
         return x
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        if (c.kernel_size == (1, 1) and c.stride != (1, 1) and c.padding == (0, 0) and c.in_channels < 16
+                and c.weight.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"):
+            # oneDNN's weight gradient of a strided 1x1 conv on channels_last input with few input
+            # channels writes past its workspace (a heap corruption: uxlfoundation/oneDNN#6035).
+            # The same conv on the subsampled input at stride 1 is the same arithmetic and avoids it.
+            return F.conv2d(x[:, :, ::c.stride[0], ::c.stride[1]], c.weight, c.bias, 1, 0, 1, c.groups)
+        return c(x)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints from before the norm choice call the layer "bn"
