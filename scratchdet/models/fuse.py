@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from .. import ops
 from ..ops.reference import fold_batch_norm
-from ..ops.winograd import is_winograd_conv
+from ..ops import is_winograd_conv
 from . import onednn
 from .layers import BasicBlock, ConvBNAct
 
