@@ -36,7 +36,6 @@ def labels(*shape, dtype=i64):
 
 
 # (op name, args, a pattern the message must match). Every argument is positional, as the schema has it.
-MP = dict(iou_threshold=0.5, variances=[0.1, 0.2])
 DET = [[0.1, 0.2], 0.01, 0.45, 400, 200, True]
 CONV = [[1, 1], [1, 1], [1, 1], 1, False]
 PACKED = z(36, 4, 6)
@@ -180,10 +179,19 @@ def test_public_functions_call_the_compiled_ops():
         assert callable(getattr(scratchdet.ops, name))
 
 
-def test_the_32_bit_limit_of_match_priors_is_checked_at_trace_time():
-    # Fake tensors cost no memory, so the fake kernel can be shown 2^31 priors.
+WIDE = (2**31 - 1) // 36 + 1  # one channel more than winograd_conv3x3's BLAS calls take
+LIMITS = [  # fake tensors cost no memory, so the fake kernels can be shown sizes past the 32-bit limits
+    ("match_priors", lambda: (torch.empty(2**31, 4), torch.empty(3, 4, 4), torch.ones(3, 4, dtype=i64), 0.5, [0.1, 0.2]),
+     r"match_priors: expected fewer than 2\^31 priors and GTs per image, got P = 2147483648 and G = 4"),
+    ("winograd_conv3x3", lambda: (torch.empty(1, WIDE, 1, 1), torch.empty(36, WIDE, 2), None, None, False),
+     r"winograd_conv3x3: expected fewer than 2\^31 / 36 channels \(BLAS takes 32-bit sizes\), "
+     r"got C_in = 59652324 and C_out = 2"),
+]
+
+
+@pytest.mark.parametrize("name,make_args,pattern", LIMITS, ids=[c[0] for c in LIMITS])
+def test_32_bit_limits_are_checked_at_trace_time(name, make_args, pattern):
     with FakeTensorMode():
-        priors, boxes, gt_labels = torch.empty(2**31, 4), torch.empty(3, 4, 4), torch.ones(3, 4, dtype=i64)
-        with pytest.raises(RuntimeError, match="match_priors: expected fewer than 2\\^31 priors and GTs per image, "
-                                               "got P = 2147483648 and G = 4"):
-            ops.match_priors(priors, boxes, gt_labels, 0.5, [0.1, 0.2])
+        args = make_args()
+        with pytest.raises(RuntimeError, match=pattern):
+            getattr(ops, name)(*args)

@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -43,6 +44,11 @@ inline void check_winograd_conv3x3_args(const at::Tensor& input, const at::Tenso
               " (from winograd_f43_pack), got shape ", packed_weight.sizes());
   const std::vector<int64_t> out_shape{input.size(0), packed_weight.size(2), input.size(2), input.size(3)};
   check_bias_and_residual(input, bias, residual, out_shape, op);
+  // The CPU kernel (the op's only one) hands the channel counts to BLAS as 32-bit ints.
+  constexpr int64_t max_channels = std::numeric_limits<int>::max() / (kWinoTile * kWinoTile);
+  TORCH_CHECK(input.size(1) <= max_channels && packed_weight.size(2) <= max_channels, op,
+              ": expected fewer than 2^31 / 36 channels (BLAS takes 32-bit sizes), got C_in = ", input.size(1),
+              " and C_out = ", packed_weight.size(2));
 }
 
 inline void check_winograd_f43_pack_args(const at::Tensor& weight) {

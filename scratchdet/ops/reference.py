@@ -460,6 +460,10 @@ def check_winograd_conv3x3_args(input, packed_weight, bias, residual) -> list:
                            f"(from winograd_f43_pack), got shape {list(packed_weight.shape)}")
     out_shape = [input.shape[0], packed_weight.shape[2], input.shape[2], input.shape[3]]
     check_bias_and_residual(input, bias, residual, out_shape, op)
+    max_channels = (2**31 - 1) // 36  # the kernel hands channel counts to BLAS as 32-bit ints
+    if input.shape[1] > max_channels or packed_weight.shape[2] > max_channels:
+        raise RuntimeError(f"{op}: expected fewer than 2^31 / 36 channels (BLAS takes 32-bit sizes), "
+                           f"got C_in = {input.shape[1]} and C_out = {packed_weight.shape[2]}")
     return out_shape
 
 

@@ -19,7 +19,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <memory>
 
 #include "../winograd_conv3x3.h"
@@ -210,10 +209,6 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& packe
                                 bool relu) {
   check_winograd_conv3x3_args(input, packed_weight, bias, residual);
   check_device(input, c10::kCPU, "winograd_conv3x3", "input");
-  TORCH_CHECK(input.size(1) <= std::numeric_limits<int>::max() / kPos &&
-                  packed_weight.size(2) <= std::numeric_limits<int>::max() / kPos,
-              "winograd_conv3x3: expected fewer than 2^31 / 36 channels (BLAS takes 32-bit sizes), got C_in = ",
-              input.size(1), " and C_out = ", packed_weight.size(2));
   const auto format = input.suggest_memory_format();
   const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
   const auto u = packed_weight.contiguous();
