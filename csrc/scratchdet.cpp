@@ -1,6 +1,7 @@
-// The scratchdet operator library. Each op adds its schema with
-// TORCH_LIBRARY_FRAGMENT in csrc/ops/<op>.cpp and its kernels with
-// TORCH_LIBRARY_IMPL in csrc/ops/cpu and csrc/ops/cuda.
+// The scratchdet operator library: the library itself (TORCH_LIBRARY) and _build_info. Each op
+// adds its schema, typed API and autocast kernels in csrc/ops/<op>.cpp (TORCH_LIBRARY_FRAGMENT)
+// and its kernels in csrc/ops/cpu/<op>_kernel.cpp and csrc/ops/cuda/<op>_kernel.cu
+// (TORCH_LIBRARY_IMPL); see scratchdet.h for the layout.
 #include "scratchdet.h"
 
 #include <torch/library.h>

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Configure, build and test the CMake (LibTorch) library against the torch of $PYTHON.
+# Configure, build and test the CMake (LibTorch) library against the torch of $PYTHON, then
+# check its installed headers.
 # Usage: scripts/build_cmake.sh [BUILD_DIR] [extra cmake args, e.g. -DWITH_CUDA=ON]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +23,10 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 cmake -S . -B "$BUILD_DIR" "${args[@]}" "$@"
 cmake --build "$BUILD_DIR" -j "${MAX_JOBS:-$(nproc)}"
 ctest --test-dir "$BUILD_DIR" --output-on-failure
+# What `cmake --install` puts in include/ is all a LibTorch user needs: <scratchdet/scratchdet.h> compiles.
+rm -rf "$BUILD_DIR/install"
+cmake --install "$BUILD_DIR" --prefix "$BUILD_DIR/install" > /dev/null
+torch_includes=$("$PYTHON" -c 'from torch.utils.cpp_extension import include_paths; print(" ".join("-I" + p for p in include_paths()))')
+echo '#include <scratchdet/scratchdet.h>' |
+  "${CXX:-c++}" -std=c++20 -fsyntax-only -I"$BUILD_DIR/install/include" $torch_includes -x c++ -
+echo "installed headers: <scratchdet/scratchdet.h> compiles"

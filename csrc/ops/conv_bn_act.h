@@ -1,6 +1,9 @@
 #pragma once
-// conv_bn_act: argument checks and the output-shape arithmetic shared by the
-// CPU and CUDA kernels.
+// conv_bn_act(input, weight, bias?, residual?, stride, padding, dilation, groups, relu) -> Tensor:
+// relu?(conv2d(input, weight, bias) + residual?), the inference form of Conv-BN(-add)(-ReLU)
+// once BatchNorm is folded into weight and bias. The argument checks (those of
+// reference.check_conv_bn_act_args, in its order and wording) and the output-shape arithmetic
+// and convolution shared by the CPU and CUDA kernels.
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <c10/util/irange.h>
@@ -11,8 +14,17 @@
 #include "common/checks.h"
 
 namespace scratchdet {
+namespace ops {
 
-inline void check_pair(at::IntArrayRef v, int64_t min_value, const char* name) {
+// Through the dispatcher (CPU / CUDA kernel, autocast): the op as torch.ops.scratchdet.conv_bn_act.
+at::Tensor conv_bn_act(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& residual, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, int64_t groups, bool relu);
+
+}  // namespace ops
+
+// stride, padding or dilation: two values (h, w), each >= min_value.
+inline void check_conv_pair(at::IntArrayRef v, int64_t min_value, const char* name) {
   TORCH_CHECK(v.size() == 2, "conv_bn_act: expected ", name, " to have 2 values (h, w), got ", v);
   for (const auto x : v) {
     TORCH_CHECK(x >= min_value, "conv_bn_act: expected every ", name, " value >= ", min_value,
@@ -27,14 +39,14 @@ inline std::vector<int64_t> check_conv_bn_act_args(const at::Tensor& input, cons
                                                    at::IntArrayRef stride, at::IntArrayRef padding,
                                                    at::IntArrayRef dilation, int64_t groups) {
   constexpr const char* op = "conv_bn_act";
-  check_dim(input, 4, op, "input", "[N, C_in, H, W]");
-  check_dim(weight, 4, op, "weight", "[C_out, C_in / groups, kH, kW]");
+  check_shape(input, 4, kAnySize, op, "input", "[N, C_in, H, W]");
+  check_shape(weight, 4, kAnySize, op, "weight", "[C_out, C_in / groups, kH, kW]");
   check_floating(input, op, "input");
   check_same_dtype(input, weight, op, "input", "weight");
   check_same_device(input, weight, op, "input", "weight");
-  check_pair(stride, 1, "stride");
-  check_pair(padding, 0, "padding");
-  check_pair(dilation, 1, "dilation");
+  check_conv_pair(stride, 1, "stride");
+  check_conv_pair(padding, 0, "padding");
+  check_conv_pair(dilation, 1, "dilation");
   TORCH_CHECK(groups >= 1, op, ": expected groups >= 1, got ", groups);
   const int64_t c_in = input.size(1), c_out = weight.size(0);
   TORCH_CHECK(c_in % groups == 0 && c_out % groups == 0 && weight.size(1) * groups == c_in, op,

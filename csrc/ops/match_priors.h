@@ -1,7 +1,9 @@
 #pragma once
-// Argument checks for match_priors, shared by the CPU and CUDA kernels. They
-// make the same checks, in the same order, with the same wording, as
-// scratchdet.ops.reference.check_match_priors_args.
+// match_priors(priors [P, 4], gt_boxes [B, G, 4], gt_labels [B, G], iou_threshold, variances)
+//   -> (loc_t [B, P, 4], conf_t [B, P] int64, matched_iou [B, P]): SSD prior matching.
+// The argument checks (shapes, dtypes, devices, scalars: check_match_priors_args) and the data
+// checks (check_match_priors_data) are those of scratchdet.ops.reference, in its order and
+// wording; the rest is the preamble the CPU and CUDA kernels share.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/ScalarType.h>
@@ -9,10 +11,19 @@
 
 #include <cstdint>
 #include <limits>
+#include <tuple>
 
 #include "common/checks.h"
 
 namespace scratchdet {
+namespace ops {
+
+// Through the dispatcher (CPU / CUDA kernel, autocast): the op as torch.ops.scratchdet.match_priors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> match_priors(const at::Tensor& priors, const at::Tensor& gt_boxes,
+                                                            const at::Tensor& gt_labels, double iou_threshold = 0.5,
+                                                            c10::ArrayRef<double> variances = {0.1, 0.2});
+
+}  // namespace ops
 
 constexpr int64_t kMaxMatchLabel = (int64_t{1} << 31) - 1;
 
@@ -29,15 +40,13 @@ inline void check_match_priors_args(const at::Tensor& priors, const at::Tensor& 
                                     const at::Tensor& gt_labels, double iou_threshold,
                                     c10::ArrayRef<double> variances) {
   constexpr const char* op = "match_priors";
-  check_dim(priors, 2, op, "priors", "[P, 4]");
-  check_last_dim(priors, 4, op, "priors", "[P, 4]");
-  check_dim(gt_boxes, 3, op, "gt_boxes", "[B, G, 4]");
-  check_last_dim(gt_boxes, 4, op, "gt_boxes", "[B, G, 4]");
-  check_dim(gt_labels, 2, op, "gt_labels", "[B, G]");
+  check_shape(priors, 2, 4, op, "priors", "[P, 4]");
+  check_shape(gt_boxes, 3, 4, op, "gt_boxes", "[B, G, 4]");
+  check_shape(gt_labels, 2, kAnySize, op, "gt_labels", "[B, G]");
   check_floating(priors, op, "priors");
   check_floating(gt_boxes, op, "gt_boxes");
   TORCH_CHECK(gt_labels.scalar_type() == at::kLong, op, ": expected gt_labels to be int64, got ",
-              gt_labels.scalar_type());
+              dtype_name(gt_labels.scalar_type()));
   TORCH_CHECK(gt_labels.size(0) == gt_boxes.size(0) && gt_labels.size(1) == gt_boxes.size(1), op,
               ": expected gt_labels of shape [B, G] = [", gt_boxes.size(0), ", ", gt_boxes.size(1),
               "] to match gt_boxes, got shape ", gt_labels.sizes());
@@ -47,7 +56,8 @@ inline void check_match_priors_args(const at::Tensor& priors, const at::Tensor& 
               ": expected iou_threshold in [0, 1], got ", iou_threshold);
   TORCH_CHECK(variances.size() == 2 && variances[0] > 0.0 && variances[1] > 0.0, op,
               ": expected two positive variances, got ", variances);
-  // The kernels index priors and GTs with 32-bit integers.
+  // The kernels index priors and GTs with 32-bit integers (the reference checks it too, so that
+  // every layer refuses the same input).
   TORCH_CHECK(priors.size(0) <= kMaxMatchLabel && gt_boxes.size(1) <= kMaxMatchLabel, op,
               ": expected fewer than 2^31 priors and GTs per image, got P = ", priors.size(0),
               " and G = ", gt_boxes.size(1));
@@ -59,7 +69,8 @@ inline at::ScalarType match_priors_compute_type(const at::Tensor& priors, const 
   return c10::promoteTypes(c10::promoteTypes(priors.scalar_type(), gt_boxes.scalar_type()), at::kFloat);
 }
 
-// Raise the first data error the summary records, in the reference's order.
+// Raise the first data error the summary records, in the order and wording of
+// reference.check_match_priors_data.
 // gt_boxes is the caller's tensor (any device), read only on the error path.
 inline void check_match_priors_data(const MatchPriorsDataSummary& s, const at::Tensor& gt_boxes) {
   constexpr const char* op = "match_priors";
@@ -101,4 +112,3 @@ inline MatchPriorsTensors prepare_match_priors(const at::Tensor& priors_in, cons
 }
 
 }  // namespace scratchdet
-

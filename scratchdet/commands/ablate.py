@@ -74,7 +74,7 @@ def run(args):
             raise CLIError(f"--set {item}: {exc}") from None
     try:
         ablation = Ablation(args.kind, args.out, data=args.data,
-                            budget_iters=args.budget_iters or DEFAULT_BUDGET[args.kind], model=args.model,
+                            budget_iters=DEFAULT_BUDGET[args.kind] if args.budget_iters is None else args.budget_iters, model=args.model,
                             settings=args.settings, lrs=args.lrs, seeds=args.seeds, batch_size=args.batch_size,
                             workers=args.workers, device=pick_device(args.device), resume=args.resume,
                             train_overrides=overrides)

@@ -64,15 +64,19 @@ def plot_figure1(curves: dict, path: str, title: str | None = None) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    positive = {key: False for key, _ in FIGURE1_SERIES}
     for label, records in curves.items():
         steps = [r for r in records if not r.get("eval")]
         it = [r["iter"] for r in steps]
         for ax, (key, _) in zip(axes, FIGURE1_SERIES):
-            ax.plot(it, _smooth([r[key] for r in steps]), lw=1.5, label=label)
+            values = _smooth([r[key] for r in steps])
+            positive[key] |= any(v > 0 for v in values if math.isfinite(v))
+            ax.plot(it, values, lw=1.5, label=label)
     for ax, (key, name) in zip(axes, FIGURE1_SERIES):
         ax.set_title(name)
         ax.set_xlabel("iteration")
-        ax.set_yscale("log")          # a diverging run spans many orders of magnitude
+        if positive[key]:
+            ax.set_yscale("log")      # a diverging run spans many orders of magnitude
     axes[0].legend()
     if title:
         fig.suptitle(title)

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from .. import ops
 from ..ops.reference import fold_batch_norm
-from ..ops.winograd import is_winograd_conv
+from ..ops import is_winograd_conv
 from . import conv_backends
 from .layers import BasicBlock, Bias2d, ConvNormAct
 

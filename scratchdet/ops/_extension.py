@@ -1,25 +1,24 @@
 """Loads the compiled operator library ``scratchdet._C``.
 
 When it is missing (not built, or built against another torch), every public op
-falls back to :mod:`scratchdet.ops.reference` and one warning says why.
+falls back to :mod:`scratchdet.ops.reference` (see ``_registrations.py``) and one
+warning says why: ``LOAD_ERROR``.
 """
 from __future__ import annotations
 
 import importlib
-import warnings
 
 import torch
 
-_LOAD_ERROR: str | None = None
-_WARNED = False
+LOAD_ERROR: str | None = None
 
 
 def _load() -> bool:
-    global _LOAD_ERROR
+    global LOAD_ERROR
     try:
         importlib.import_module("scratchdet._C")
     except ImportError as exc:  # also covers undefined-symbol errors from a stale build
-        _LOAD_ERROR = str(exc)
+        LOAD_ERROR = str(exc)
         return False
     return hasattr(torch.ops.scratchdet, "_build_info")
 
@@ -36,22 +35,6 @@ def has_op(name: str) -> bool:
     except (AttributeError, RuntimeError):
         return False
     return True
-
-
-def warn_fallback(op_name: str) -> None:
-    """One warning per process, the first time an op runs on the reference path."""
-    global _WARNED
-    if _WARNED:
-        return
-    _WARNED = True
-    why = _LOAD_ERROR or f"the loaded extension has no op '{op_name}' (stale build?)"
-    warnings.warn(
-        "scratchdet: the compiled extension scratchdet._C is not available "
-        f"({why}); falling back to the slow pure-PyTorch reference ops. "
-        "Reinstall with `pip install --no-build-isolation -e .` to build it.",
-        RuntimeWarning,
-        stacklevel=3,
-    )
 
 
 def parse_build_info(text: str) -> dict[str, str]:
@@ -80,7 +63,7 @@ def build_info() -> dict:
         "openmp": False,
         "torch_version_running": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
-        "load_error": _LOAD_ERROR,
+        "load_error": LOAD_ERROR,
     }
     if not EXTENSION_LOADED:
         return info

@@ -1,23 +1,10 @@
-"""conv_bn_act: the public op, its fake kernel and its fallback."""
+"""conv_bn_act: the public function (kernel, fake and fallback: ``_registrations.py``)."""
 from __future__ import annotations
 
 import torch
-from torch._prims_common import suggest_memory_format
 
-from . import reference
-from ._extension import has_op, warn_fallback
-
-_HAS_KERNEL = has_op("conv_bn_act")
-
-if _HAS_KERNEL:
-    @torch.library.register_fake("scratchdet::conv_bn_act")
-    def _conv_bn_act_fake(input, weight, bias, residual, stride, padding, dilation, groups, relu):
-        shape = reference.check_conv_bn_act_args(input, weight, bias, residual, stride, padding, dilation, groups)
-        return input.new_empty(shape).contiguous(memory_format=suggest_memory_format(input))
-
-
-def _pair(v, name):
-    return list(reference._pair(v, name))
+from . import _registrations
+from .reference import conv_pair
 
 
 def conv_bn_act(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -33,9 +20,5 @@ def conv_bn_act(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     fused epilogue kernel (bias, add, ReLU); no host synchronisation. Under
     autocast everything runs in the autocast dtype, as ``conv2d`` does.
     """
-    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
-    if _HAS_KERNEL:
-        return torch.ops.scratchdet.conv_bn_act(input, weight, bias, residual, stride, padding, dilation,
-                                                int(groups), bool(relu))
-    warn_fallback("conv_bn_act")
-    return reference.conv_bn_act(input, weight, bias, residual, stride, padding, dilation, groups, relu)
+    return _registrations.conv_bn_act(input, weight, bias, residual, conv_pair(stride), conv_pair(padding),
+                                      conv_pair(dilation), int(groups), bool(relu))

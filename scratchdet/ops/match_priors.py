@@ -1,28 +1,9 @@
-"""match_priors: the public op (compiled kernel or reference fallback)."""
+"""match_priors: the public function (kernel, fake and fallback: ``_registrations.py``)."""
 from __future__ import annotations
 
 import torch
 
-from . import reference
-from ._extension import has_op, warn_fallback
-
-_HAS_KERNEL = has_op("match_priors")
-
-if _HAS_KERNEL:
-    @torch.library.register_fake("scratchdet::match_priors")
-    def _match_priors_fake(priors, gt_boxes, gt_labels, iou_threshold=0.5, variances=(0.1, 0.2)):
-        torch._check(priors.dim() == 2 and priors.shape[-1] == 4, lambda: "match_priors: priors must be [P, 4]")
-        torch._check(gt_boxes.dim() == 3 and gt_boxes.shape[-1] == 4,
-                     lambda: "match_priors: gt_boxes must be [B, G, 4]")
-        torch._check(gt_labels.dim() == 2, lambda: "match_priors: gt_labels must be [B, G]")
-        torch._check(gt_labels.dtype == torch.int64, lambda: "match_priors: gt_labels must be int64")
-        torch._check(gt_labels.shape[0] == gt_boxes.shape[0] and gt_labels.shape[1] == gt_boxes.shape[1],
-                     lambda: "match_priors: gt_labels must match gt_boxes' [B, G]")
-        dtype = torch.promote_types(torch.promote_types(priors.dtype, gt_boxes.dtype), torch.float32)
-        B, P = gt_boxes.shape[0], priors.shape[0]
-        return (priors.new_empty((B, P, 4), dtype=dtype),
-                gt_labels.new_empty((B, P)),
-                priors.new_empty((B, P), dtype=dtype))
+from . import _registrations
 
 
 def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
@@ -43,8 +24,5 @@ def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.
     set; invalid input then gives meaningless (but in-bounds) results instead of
     an error.
     """
-    if _HAS_KERNEL:
-        return torch.ops.scratchdet.match_priors(priors, gt_boxes, gt_labels, float(iou_threshold),
-                                                 [float(v) for v in variances])
-    warn_fallback("match_priors")
-    return reference.match_priors(priors, gt_boxes, gt_labels, iou_threshold, variances)
+    return _registrations.match_priors(priors, gt_boxes, gt_labels, float(iou_threshold),
+                                       [float(v) for v in variances])

@@ -3,28 +3,44 @@
 This file is the executable spec: each compiled kernel must agree with the
 function of the same name here (see tests/). They are written the obvious way,
 for clarity rather than speed.
+
+Each op's argument checks are a function of their own, ``check_<op>_args``: the
+checks of the C++ header ``csrc/ops/<op>.h``, in the same order with the same
+wording. They read no tensor data, so the fake kernels (``_registrations.py``)
+call them too; match_priors' checks of the values themselves are apart, in
+``check_match_priors_data``.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ._checks import check_floating, check_same_device, check_same_dtype, check_shape
+from ._checks import (ANY_SIZE, check_bias_and_residual, check_floating, check_same_device, check_same_dtype,
+                      check_shape, fmt_float, fmt_floats)
 
-__all__ = ["box_iou", "point_form", "encode", "decode", "match_priors", "batched_nms", "detect"]
+__all__ = ["box_iou", "point_form", "encode", "decode", "match_priors", "batched_nms", "detect",
+           "check_box_iou_args", "check_match_priors_args", "check_match_priors_data", "check_batched_nms_args",
+           "check_detect_args"]
 
 
 # --------------------------------------------------------------------------- box_iou
+def check_box_iou_args(boxes1, boxes2) -> None:
+    op = "box_iou"
+    check_shape(boxes1, 2, 4, op, "boxes1", "[N, 4]")
+    check_shape(boxes2, 2, 4, op, "boxes2", "[M, 4]")
+    check_floating(boxes1, op, "boxes1")
+    check_same_dtype(boxes1, boxes2, op, "boxes1", "boxes2")
+    check_same_device(boxes1, boxes2, op, "boxes1", "boxes2")
+
+
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Pairwise IoU of (x1, y1, x2, y2) boxes, ``[N, 4] x [M, 4] -> [N, M]``.
 
     Same formula as ``torchvision.ops.box_iou`` (no +1), computed in at least
     float32; where the union is not positive the IoU is 0 (torchvision: NaN).
     """
-    check_shape(boxes1, 2, 4, "box_iou", "boxes1", "[N, 4]")
-    check_shape(boxes2, 2, 4, "box_iou", "boxes2", "[M, 4]")
-    check_floating(boxes1, "box_iou", "boxes1")
-    check_same_dtype(boxes1, boxes2, "box_iou", "boxes1", "boxes2")
-    check_same_device(boxes1, boxes2, "box_iou", "boxes1", "boxes2")
+    check_box_iou_args(boxes1, boxes2)
     acc = torch.promote_types(boxes1.dtype, torch.float32)
     a, b = boxes1.to(acc), boxes2.to(acc)
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
@@ -60,12 +76,15 @@ def decode(loc: torch.Tensor, priors: torch.Tensor, variances=(0.1, 0.2)) -> tor
 
 
 # --------------------------------------------------------------------------- match_priors
+MAX_MATCH_INDEX = 2**31 - 1  # the largest label, prior count and GT count the kernels take (C++: kMaxMatchLabel)
+
+
 def check_match_priors_args(priors, gt_boxes, gt_labels, iou_threshold, variances) -> None:
-    """Every check match_priors makes before matching; the kernels make the same ones."""
+    """The shape, dtype, device and scalar checks of match_priors; no tensor data is read."""
     op = "match_priors"
     check_shape(priors, 2, 4, op, "priors", "[P, 4]")
     check_shape(gt_boxes, 3, 4, op, "gt_boxes", "[B, G, 4]")
-    check_shape(gt_labels, 2, None, op, "gt_labels", "[B, G]")
+    check_shape(gt_labels, 2, ANY_SIZE, op, "gt_labels", "[B, G]")
     check_floating(priors, op, "priors")
     check_floating(gt_boxes, op, "gt_boxes")
     if gt_labels.dtype != torch.int64:
@@ -76,20 +95,29 @@ def check_match_priors_args(priors, gt_boxes, gt_labels, iou_threshold, variance
     check_same_device(priors, gt_boxes, op, "priors", "gt_boxes")
     check_same_device(gt_boxes, gt_labels, op, "gt_boxes", "gt_labels")
     if not (0.0 <= float(iou_threshold) <= 1.0):
-        raise RuntimeError(f"{op}: expected iou_threshold in [0, 1], got {iou_threshold}")
+        raise RuntimeError(f"{op}: expected iou_threshold in [0, 1], got {fmt_float(iou_threshold)}")
     if len(variances) != 2 or not all(float(v) > 0 for v in variances):
-        raise RuntimeError(f"{op}: expected two positive variances, got {tuple(variances)}")
+        raise RuntimeError(f"{op}: expected two positive variances, got {fmt_floats(variances)}")
+    if priors.shape[0] > MAX_MATCH_INDEX or gt_boxes.shape[1] > MAX_MATCH_INDEX:
+        raise RuntimeError(f"{op}: expected fewer than 2^31 priors and GTs per image, got P = {priors.shape[0]} "
+                           f"and G = {gt_boxes.shape[1]}")
+
+
+def check_match_priors_data(priors, gt_boxes, gt_labels) -> None:
+    """The checks of match_priors that read the values: finite priors with positive size, labels
+    < 2^31, and valid boxes for the real GTs (label > 0). After check_match_priors_args."""
+    op = "match_priors"
     if priors.numel() and not (torch.isfinite(priors).all() and (priors[:, 2:] > 0).all()):
         raise RuntimeError(f"{op}: priors must be finite with positive width and height")
-    if gt_labels.numel() and int(gt_labels.max()) > 2**31 - 1:
+    if gt_labels.numel() and int(gt_labels.max()) > MAX_MATCH_INDEX:
         raise RuntimeError(f"{op}: gt_labels must be < 2^31, got {int(gt_labels.max())}")
     valid = gt_labels > 0
     bad = valid & ~(torch.isfinite(gt_boxes).all(-1) & (gt_boxes[..., 2] > gt_boxes[..., 0])
                     & (gt_boxes[..., 3] > gt_boxes[..., 1]))
     if bad.any():
         b, g = (int(i) for i in bad.nonzero()[0])
-        raise RuntimeError(f"{op}: invalid ground-truth box {gt_boxes[b, g].tolist()} at image {b}, box {g}: "
-                           "coordinates must be finite with x2 > x1 and y2 > y1")
+        raise RuntimeError(f"{op}: invalid ground-truth box {fmt_floats(gt_boxes[b, g].tolist())} at image {b}, "
+                           f"box {g}: coordinates must be finite with x2 > x1 and y2 > y1")
 
 
 def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
@@ -112,6 +140,7 @@ def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.
     fp16/bf16 inputs are computed in float32.
     """
     check_match_priors_args(priors, gt_boxes, gt_labels, iou_threshold, variances)
+    check_match_priors_data(priors, gt_boxes, gt_labels)
     dtype = torch.promote_types(torch.promote_types(priors.dtype, gt_boxes.dtype), torch.float32)
     priors, gt_boxes = priors.to(dtype), gt_boxes.to(dtype)
     B, G = gt_labels.shape
@@ -181,6 +210,30 @@ def _greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float)
     return order[torch.tensor(keep, dtype=torch.int64, device=boxes.device)]
 
 
+# The dtypes C++'s isIntegralType(t, includeBool=false) accepts.
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
+                   torch.uint64)
+
+
+def check_batched_nms_args(boxes, scores, idxs, iou_threshold) -> None:
+    op = "batched_nms"
+    check_shape(boxes, 2, 4, op, "boxes", "[N, 4]")
+    check_shape(scores, 1, ANY_SIZE, op, "scores", "[N]")
+    check_shape(idxs, 1, ANY_SIZE, op, "idxs", "[N]")
+    if boxes.dtype not in (torch.float16, torch.float32, torch.float64):
+        raise RuntimeError(f"{op}: expected boxes to be float16, float32 or float64, got {boxes.dtype}")
+    check_same_dtype(boxes, scores, op, "boxes", "scores")
+    if idxs.dtype not in _INTEGER_DTYPES:
+        raise RuntimeError(f"{op}: expected idxs to be an integer tensor, got {idxs.dtype}")
+    if not (scores.shape[0] == idxs.shape[0] == boxes.shape[0]):
+        raise RuntimeError(f"{op}: expected boxes [N, 4], scores [N] and idxs [N] to agree on N, got "
+                           f"{list(boxes.shape)}, {list(scores.shape)} and {list(idxs.shape)}")
+    check_same_device(boxes, scores, op, "boxes", "scores")
+    check_same_device(boxes, idxs, op, "boxes", "idxs")
+    if math.isnan(float(iou_threshold)):
+        raise RuntimeError(f"{op}: expected a number as iou_threshold, got NaN")
+
+
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Per-class greedy NMS with exactly torchvision.ops.batched_nms's result.
 
@@ -192,20 +245,7 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     ``torch.sort`` and so does this. Computed in the boxes' dtype, as
     torchvision does (fp16/fp32/fp64).
     """
-    op = "batched_nms"
-    check_shape(boxes, 2, 4, op, "boxes", "[N, 4]")
-    check_shape(scores, 1, None, op, "scores", "[N]")
-    check_shape(idxs, 1, None, op, "idxs", "[N]")
-    if boxes.dtype not in (torch.float16, torch.float32, torch.float64):
-        raise RuntimeError(f"{op}: expected boxes to be float16, float32 or float64, got {boxes.dtype}")
-    check_same_dtype(boxes, scores, op, "boxes", "scores")
-    if idxs.is_floating_point() or idxs.is_complex() or idxs.dtype == torch.bool:
-        raise RuntimeError(f"{op}: expected idxs to be an integer tensor, got {idxs.dtype}")
-    if not (scores.shape[0] == idxs.shape[0] == boxes.shape[0]):
-        raise RuntimeError(f"{op}: expected boxes [N, 4], scores [N] and idxs [N] to agree on N, got "
-                           f"{list(boxes.shape)}, {list(scores.shape)} and {list(idxs.shape)}")
-    check_same_device(boxes, scores, op, "boxes", "scores")
-    check_same_device(boxes, idxs, op, "boxes", "idxs")
+    check_batched_nms_args(boxes, scores, idxs, iou_threshold)
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     if boxes.numel() <= TORCHVISION_VANILLA_NUMEL.get(boxes.device.type, 100_000):
@@ -221,9 +261,10 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
 
 
 def check_detect_args(loc, logits, priors, variances, score_threshold, nms_threshold, top_k, keep_top_k) -> None:
+    """Any score_threshold is fine (every score fails one above 1 and passes one below 0)."""
     op = "detect"
     check_shape(loc, 3, 4, op, "loc", "[B, P, 4]")
-    check_shape(logits, 3, None, op, "logits", "[B, P, C]")
+    check_shape(logits, 3, ANY_SIZE, op, "logits", "[B, P, C]")
     check_shape(priors, 2, 4, op, "priors", "[P, 4]")
     for t, name in ((loc, "loc"), (logits, "logits"), (priors, "priors")):
         check_floating(t, op, name)
@@ -235,9 +276,9 @@ def check_detect_args(loc, logits, priors, variances, score_threshold, nms_thres
     check_same_device(loc, logits, op, "loc", "logits")
     check_same_device(loc, priors, op, "loc", "priors")
     if len(variances) != 2 or not all(float(v) > 0 for v in variances):
-        raise RuntimeError(f"{op}: expected two positive variances, got {tuple(variances)}")
+        raise RuntimeError(f"{op}: expected two positive variances, got {fmt_floats(variances)}")
     if not 0.0 <= float(nms_threshold) <= 1.0:
-        raise RuntimeError(f"{op}: expected nms_threshold in [0, 1], got {nms_threshold}")
+        raise RuntimeError(f"{op}: expected nms_threshold in [0, 1], got {fmt_float(nms_threshold)}")
     if top_k < 1 or keep_top_k < 1:
         raise RuntimeError(f"{op}: expected top_k >= 1 and keep_top_k >= 1, got {top_k} and {keep_top_k}")
 
@@ -305,42 +346,33 @@ def detect(loc: torch.Tensor, logits: torch.Tensor, priors: torch.Tensor, varian
 
 # --------------------------------------------------------------------------- conv_bn_act
 # (issue: fused BN-conv inference)
-__all__ += ["conv_bn_act", "fold_batch_norm"]
+__all__ += ["conv_bn_act", "fold_batch_norm", "check_conv_bn_act_args", "conv_pair"]
 
 
-def _pair(v, name: str) -> tuple:
-    pair = (v, v) if isinstance(v, int) else tuple(v)
-    if len(pair) != 2:
-        raise RuntimeError(f"conv_bn_act: expected {name} to have 2 values (h, w), got {list(pair)}")
-    return pair
+def conv_pair(v) -> list:
+    """stride, padding or dilation as a list: an int ``v`` is ``[v, v]``; the length is checked later."""
+    return [v, v] if isinstance(v, int) else list(v)
 
 
-def _check_bias_and_residual(input, bias, residual, out_shape: list, op: str) -> None:
-    """The conv ops' epilogue operands: bias [C_out], residual of the output's shape, both like input."""
-    if bias is not None:
-        if bias.dim() != 1 or bias.shape[0] != out_shape[1]:
-            raise RuntimeError(f"{op}: expected bias of shape [{out_shape[1]}], got shape {list(bias.shape)}")
-        check_same_dtype(input, bias, op, "input", "bias")
-        check_same_device(input, bias, op, "input", "bias")
-    if residual is not None:
-        if list(residual.shape) != out_shape:
-            raise RuntimeError(f"{op}: expected residual of the output's shape {out_shape}, "
-                               f"got shape {list(residual.shape)}")
-        check_same_dtype(input, residual, op, "input", "residual")
-        check_same_device(input, residual, op, "input", "residual")
+def _check_conv_pair(v, min_value: int, name: str) -> None:
+    """stride, padding or dilation: two values (h, w), each >= min_value."""
+    if len(v) != 2:
+        raise RuntimeError(f"conv_bn_act: expected {name} to have 2 values (h, w), got {list(v)}")
+    if any(x < min_value for x in v):
+        raise RuntimeError(f"conv_bn_act: expected every {name} value >= {min_value}, got {list(v)}")
 
 
 def check_conv_bn_act_args(input, weight, bias, residual, stride, padding, dilation, groups) -> list:
-    """The checks of the C++ op, same wording; returns the output shape."""
+    """Returns the output shape [N, C_out, H_out, W_out]."""
     op = "conv_bn_act"
-    check_shape(input, 4, None, op, "input", "[N, C_in, H, W]")
-    check_shape(weight, 4, None, op, "weight", "[C_out, C_in / groups, kH, kW]")
+    check_shape(input, 4, ANY_SIZE, op, "input", "[N, C_in, H, W]")
+    check_shape(weight, 4, ANY_SIZE, op, "weight", "[C_out, C_in / groups, kH, kW]")
     check_floating(input, op, "input")
     check_same_dtype(input, weight, op, "input", "weight")
     check_same_device(input, weight, op, "input", "weight")
-    for v, name, low in ((stride, "stride", 1), (padding, "padding", 0), (dilation, "dilation", 1)):
-        if any(x < low for x in v):
-            raise RuntimeError(f"{op}: expected every {name} value >= {low}, got {list(v)}")
+    _check_conv_pair(stride, 1, "stride")
+    _check_conv_pair(padding, 0, "padding")
+    _check_conv_pair(dilation, 1, "dilation")
     if groups < 1:
         raise RuntimeError(f"{op}: expected groups >= 1, got {groups}")
     c_in, c_out = input.shape[1], weight.shape[0]
@@ -355,7 +387,7 @@ def check_conv_bn_act_args(input, weight, bias, residual, stride, padding, dilat
             raise RuntimeError(f"{op}: the kernel ({list(weight.shape)}, dilation {list(dilation)}) is larger than "
                                f"the padded input ({list(input.shape)}, padding {list(padding)})")
         out_shape.append((padded - extent) // stride[d] + 1)
-    _check_bias_and_residual(input, bias, residual, out_shape, op)
+    check_bias_and_residual(input, bias, residual, out_shape, op)
     return out_shape
 
 
@@ -367,7 +399,7 @@ def conv_bn_act(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     The output has the input's memory format (NCHW or channels_last) and dtype. Half
     precision rounds as the unfused ops do: after the biased conv, then after the add.
     """
-    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    stride, padding, dilation = conv_pair(stride), conv_pair(padding), conv_pair(dilation)
     check_conv_bn_act_args(input, weight, bias, residual, stride, padding, dilation, groups)
     out = torch.nn.functional.conv2d(input, weight, bias, stride, padding, dilation, groups)
     if residual is not None:
@@ -414,10 +446,10 @@ def _wino(name: str, like: torch.Tensor) -> torch.Tensor:
 
 
 def check_winograd_conv3x3_args(input, packed_weight, bias, residual) -> list:
-    """The checks of the C++ op, same wording; returns the output shape."""
+    """Returns the output shape [N, C_out, H, W]."""
     op = "winograd_conv3x3"
-    check_shape(input, 4, None, op, "input", "[N, C_in, H, W]")
-    check_shape(packed_weight, 3, None, op, "packed_weight", "[36, C_in, C_out] (from winograd_f43_pack)")
+    check_shape(input, 4, ANY_SIZE, op, "input", "[N, C_in, H, W]")
+    check_shape(packed_weight, 3, ANY_SIZE, op, "packed_weight", "[36, C_in, C_out] (from winograd_f43_pack)")
     if input.dtype != torch.float32:
         raise RuntimeError(f"{op}: expected input of dtype float32, got {input.dtype} (the Winograd path is "
                            "float32-only; use conv_bn_act for other dtypes)")
@@ -427,14 +459,17 @@ def check_winograd_conv3x3_args(input, packed_weight, bias, residual) -> list:
         raise RuntimeError(f"{op}: expected packed_weight of shape [36, C_in, C_out] with C_in = {input.shape[1]} "
                            f"(from winograd_f43_pack), got shape {list(packed_weight.shape)}")
     out_shape = [input.shape[0], packed_weight.shape[2], input.shape[2], input.shape[3]]
-    _check_bias_and_residual(input, bias, residual, out_shape, op)
+    check_bias_and_residual(input, bias, residual, out_shape, op)
+    max_channels = (2**31 - 1) // 36  # the kernel hands channel counts to BLAS as 32-bit ints
+    if input.shape[1] > max_channels or packed_weight.shape[2] > max_channels:
+        raise RuntimeError(f"{op}: expected fewer than 2^31 / 36 channels (BLAS takes 32-bit sizes), "
+                           f"got C_in = {input.shape[1]} and C_out = {packed_weight.shape[2]}")
     return out_shape
 
 
 def check_winograd_f43_pack_args(weight) -> None:
-    """The checks of the C++ op, same wording."""
     op = "winograd_f43_pack"
-    check_shape(weight, 4, None, op, "weight", "[C_out, C_in, 3, 3]")
+    check_shape(weight, 4, ANY_SIZE, op, "weight", "[C_out, C_in, 3, 3]")
     if weight.shape[2:] != (3, 3):
         raise RuntimeError(f"{op}: expected a 3x3 weight [C_out, C_in, 3, 3], got shape {list(weight.shape)}")
     if weight.dtype not in (torch.float32, torch.float64):

@@ -1,8 +1,9 @@
 #pragma once
-// IoU, box encode and decode. Every function here is __host__ __device__ and
-// is written in the same operation order as scratchdet/ops/reference.py, so
-// CPU, CUDA and the reference round identically (CUDA builds use -fmad=false
-// so no fused multiply-add changes the last bit and therefore a tie).
+// IoU, box encode and decode, and the box validity tests of match_priors' data
+// checks. Every function here is __host__ __device__ and is written in the same
+// operation order as scratchdet/ops/reference.py, so CPU, CUDA and the reference
+// round identically (CUDA builds use -fmad=false so no fused multiply-add changes
+// the last bit and therefore a tie). NMS has its own arithmetic: nms_math.h.
 #include <math.h>
 
 #include "macros.h"
@@ -106,41 +107,6 @@ template <typename T>
 SD_HOST_DEVICE T clamp01(T x) {
   return x < T(0) ? T(0) : (x > T(1) ? T(1) : x);
 }
-
-// NMS overlap test with torchvision's nms arithmetic, op for op (std::max and
-// std::min argument order included, so NaN coordinates behave the same):
-// box a is the kept, higher-scoring box. T may be c10::Half, whose operators
-// round every step to half as torchvision's CPU kernel does.
-template <typename T>
-SD_HOST_DEVICE T tv_max(T a, T b) { return a < b ? b : a; }
-template <typename T>
-SD_HOST_DEVICE T tv_min(T a, T b) { return b < a ? b : a; }
-
-template <typename T>
-SD_HOST_DEVICE T nms_overlap(T ax1, T ay1, T ax2, T ay2, T area_a,
-                             T bx1, T by1, T bx2, T by2, T area_b) {
-  const T xx1 = tv_max(ax1, bx1);
-  const T yy1 = tv_max(ay1, by1);
-  const T xx2 = tv_min(ax2, bx2);
-  const T yy2 = tv_min(ay2, by2);
-  const T w = tv_max(static_cast<T>(0), static_cast<T>(xx2 - xx1));
-  const T h = tv_max(static_cast<T>(0), static_cast<T>(yy2 - yy1));
-  const T inter = w * h;
-  return inter / static_cast<T>(static_cast<T>(area_a + area_b) - inter);
-}
-
-// "IoU > threshold" as torchvision compares it: the IoU widened to double.
-template <typename T>
-SD_HOST_DEVICE bool nms_suppresses(T overlap, double threshold) {
-  return static_cast<double>(static_cast<float>(overlap)) > threshold;
-}
-SD_HOST_DEVICE bool nms_suppresses(double overlap, double threshold) { return overlap > threshold; }
-
-}  // namespace math
-}  // namespace scratchdet
-
-namespace scratchdet {
-namespace math {
 
 // True for finite x (inf - inf and NaN - NaN are NaN); needs no <cmath> on the device.
 template <typename T>

@@ -1,4 +1,5 @@
-"""winograd_conv3x3 / winograd_f43_pack: the public ops, their fake kernels and their fallbacks.
+"""winograd_conv3x3 / winograd_f43_pack: the public functions (kernels, fakes and fallbacks:
+``_registrations.py``).
 
 The CPU algorithm the fused network uses for its 3x3 stride-1 convs (``FusedConvAct`` with
 ``winograd=True``): Winograd F(4x4, 3x3) needs 36 multiplies per 4 x 4 outputs where a direct
@@ -7,23 +8,8 @@ conv needs 144, so the GEMM stage does a quarter of the arithmetic. float32, CPU
 from __future__ import annotations
 
 import torch
-from torch._prims_common import suggest_memory_format
 
-from . import reference
-from ._extension import has_op, warn_fallback
-
-_HAS_KERNEL = has_op("winograd_conv3x3") and has_op("winograd_f43_pack")
-
-if _HAS_KERNEL:
-    @torch.library.register_fake("scratchdet::winograd_conv3x3")
-    def _winograd_conv3x3_fake(input, packed_weight, bias, residual, relu):
-        shape = reference.check_winograd_conv3x3_args(input, packed_weight, bias, residual)
-        return input.new_empty(shape).contiguous(memory_format=suggest_memory_format(input))
-
-    @torch.library.register_fake("scratchdet::winograd_f43_pack")
-    def _winograd_f43_pack_fake(weight):
-        reference.check_winograd_f43_pack_args(weight)
-        return weight.new_empty(36, weight.shape[1], weight.shape[0], dtype=torch.float32)
+from . import _registrations
 
 
 def is_winograd_conv(weight_shape, stride, padding, dilation, groups: int) -> bool:
@@ -35,10 +21,7 @@ def is_winograd_conv(weight_shape, stride, padding, dilation, groups: int) -> bo
 def winograd_f43_pack(weight: torch.Tensor) -> torch.Tensor:
     """``weight [C_out, C_in, 3, 3]`` (float32/64, CPU) -> its Winograd F(4x4, 3x3) transform
     ``[36, C_in, C_out]`` float32, computed in float64. Do it once per frozen weight."""
-    if _HAS_KERNEL:
-        return torch.ops.scratchdet.winograd_f43_pack(weight)
-    warn_fallback("winograd_f43_pack")
-    return reference.winograd_f43_pack(weight)
+    return _registrations.winograd_f43_pack(weight)
 
 
 def winograd_conv3x3(input: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -48,12 +31,10 @@ def winograd_conv3x3(input: torch.Tensor, packed_weight: torch.Tensor, bias: tor
 
     Tiles of 4x4 outputs; the bias, residual add and ReLU run in the output transform, so the
     output is written once. It differs from ``conv2d`` by rounding only: about 1e-5 relative
-    per layer, 3e-6 at the end of Root-ResNet-34 SSD300 (tests/test_winograd.py). The output
-    has the input's memory format; channels_last input is the fast case (NCHW is converted).
+    per layer, 3e-6 at the end of Root-ResNet-34 SSD300 (tests/test_winograd_conv3x3.py). The
+    output has the input's memory format; channels_last input is the fast case (NCHW is converted).
     Non-finite input stays non-finite (a NaN propagates through ReLU), but an ``inf`` may come
     out as NaN where a direct conv gives ``inf``: the transforms subtract neighbouring pixels.
+    Under autocast it runs on the tensors it is given (it has no autocast kernel).
     """
-    if _HAS_KERNEL:
-        return torch.ops.scratchdet.winograd_conv3x3(input, packed_weight, bias, residual, bool(relu))
-    warn_fallback("winograd_conv3x3")
-    return reference.winograd_conv3x3(input, packed_weight, bias, residual, relu)
+    return _registrations.winograd_conv3x3(input, packed_weight, bias, residual, bool(relu))

@@ -19,10 +19,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <memory>
 
-#include "../winograd_conv.h"
+#include "../winograd_conv3x3.h"
 
 // x86-64 Linux: compile the transforms twice (AVX2+FMA and baseline) and pick one at load time
 // (ifunc), so the wheel still runs on CPUs without AVX2. Elsewhere: the build's own target.
@@ -61,7 +60,7 @@ inline void store_lanes(float* p, float v) { *p = v; }
 // ---- BLAS ------------------------------------------------------------------------------------
 // The GEMMs are small (tiles-per-chunk x C_in x C_out) and many (36 per chunk), so they go
 // straight to the BLAS sgemm that torch itself links (MKL on x86 wheels) when it exports one;
-// otherwise through at::mm_out (same result, a few microseconds more per call). Setting
+// otherwise through at::mm_out (same result, more overhead per call). Setting
 // SCRATCHDET_WINOGRAD_ATEN_GEMM=1 before the first call forces the at::mm_out path (tests use it).
 using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
                          const float*, const int*, const float*, const int*, const float*, float*, const int*);
@@ -201,9 +200,7 @@ OutputFn pick_output(bool residual, bool relu, bool bias) {
 
 // ---- driver ----------------------------------------------------------------------------------
 // Bytes of V + M per chunk, and the fewest tiles per chunk (fewer starve the GEMMs of wide layers).
-// Tuned on the 2-core EPYC of benchmarks/RESULTS.md: of 512 KB..8 MB x 32/64/128 tiles, 2 MB with
-// 64 tiles was fastest on the 300x300x64 layer (~25 % ahead of 1 MB over three interleaved runs)
-// and within noise elsewhere. At most all tiles.
+// Picked by timing a grid of chunk sizes and tile counts (benchmarks/RESULTS.md). At most all tiles.
 constexpr int64_t kChunkBytes = 2048 * 1024;
 constexpr int64_t kMinChunkTiles = 64;
 
@@ -212,10 +209,6 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& packe
                                 bool relu) {
   check_winograd_conv3x3_args(input, packed_weight, bias, residual);
   check_device(input, c10::kCPU, "winograd_conv3x3", "input");
-  TORCH_CHECK(input.size(1) <= std::numeric_limits<int>::max() / kPos &&
-                  packed_weight.size(2) <= std::numeric_limits<int>::max() / kPos,
-              "winograd_conv3x3: expected fewer than 2^31 / 36 channels (BLAS takes 32-bit sizes), got C_in = ",
-              input.size(1), " and C_out = ", packed_weight.size(2));
   const auto format = input.suggest_memory_format();
   const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
   const auto u = packed_weight.contiguous();

@@ -199,6 +199,18 @@ def test_cuda_tensors_are_refused_with_a_pointer_to_conv_bn_act():
         ops.winograd_f43_pack(weight.cuda())
 
 
+def test_autocast_passes_the_float32_ops_through():
+    # No autocast kernel: under autocast the float32-only ops run on the tensors they are given.
+    x, weight, bias, res = make(1, 4, 6, 8, 8)
+    packed = ops.winograd_f43_pack(weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = torch.ops.scratchdet.winograd_conv3x3(x, packed, bias, res, True)
+        repacked = torch.ops.scratchdet.winograd_f43_pack(weight)
+    assert out.dtype == torch.float32 and repacked.dtype == torch.float32
+    assert torch.equal(repacked, packed)
+    assert torch.equal(out, ops.winograd_conv3x3(x, packed, bias, res, True))
+
+
 def test_opcheck():
     x, weight, bias, res = make(1, 4, 6, 5, 7)
     packed = ops.winograd_f43_pack(weight)
