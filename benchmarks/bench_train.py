@@ -46,3 +46,21 @@ def test_train_step_backbones_b32_128px(benchmark, name):
     model = build_model(name, num_classes=7, image_size=128).to(memory_format=torch.channels_last)
     benchmark.extra_info["parameters"] = sum(p.numel() for p in model.parameters())
     benchmark.pedantic(train_step(model, 32, 128), rounds=5, warmup_rounds=1)
+
+
+# ------------------------------------------------------------------ fast vs stock training path
+FAST_VS_STOCK = [("root_resnet_demo", 32, 128), ("root_resnet34_ssd300", 8, 300)]
+
+
+@pytest.mark.parametrize("path", ["fast", "stock"])
+@pytest.mark.parametrize("name,batch,size", FAST_VS_STOCK)
+def test_train_step_fast_vs_stock(benchmark, name, batch, size, path):
+    """One training step with the fused BatchNorm + add + ReLU kernels (fast) and with the stock
+    ops (stock, the anchor): the same model, weights and batch."""
+    from scratchdet.models.layers import use_fused_batch_norm
+
+    benchmark.group = f"train fast vs stock: {name} step B={batch}, {size} px, CPU"
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=21 if size == 300 else 7).to(memory_format=torch.channels_last)
+    use_fused_batch_norm(model, path == "fast")
+    benchmark.pedantic(train_step(model, batch, size), rounds=5 if size < 300 else 3, warmup_rounds=1)

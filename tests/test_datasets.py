@@ -3,6 +3,7 @@ import json
 import os
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -249,3 +250,38 @@ def test_dataloader_workers_are_deterministic(synth_root):
     ds.set_epoch(1)
     c = epoch(0)
     assert not all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, c))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_image_cache_and_epoch_tagged_indices_give_byte_identical_batches(synth_root, workers):
+    from scratchdet.engine.sampler import ResumableBatchSampler
+
+    def batches(cached, with_epoch):
+        ds = VOCDataset(synth_root, split="train", transform=SSDTransform(48, train=True, seed=3))
+        if cached:
+            assert ds.cache_images()
+        sampler = ResumableBatchSampler(len(ds), 4, seed=1, with_epoch=with_epoch)
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers,
+                                             collate_fn=collate_detection, persistent_workers=workers > 0 and with_epoch)
+        out = []
+        for epoch in range(2):
+            sampler.set_position(epoch)
+            if not with_epoch:
+                ds.set_epoch(epoch)
+            out += [(images, targets["boxes"], targets["labels"]) for images, targets, _ in loader]
+        return out
+
+    stock = batches(cached=False, with_epoch=False)
+    fast = batches(cached=True, with_epoch=True)
+    assert len(stock) == len(fast) == 8
+    for a, b in zip(stock, fast):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    assert not torch.equal(stock[0][0], stock[4][0])      # the epochs differ
+
+
+def test_image_cache_respects_its_size_limit(synth_root):
+    ds = VOCDataset(synth_root, split="train")
+    assert not ds.cache_images(max_bytes=1000) and ds._cache is None
+    assert ds.cache_images() and torch.equal(torch.from_numpy(np.asarray(ds[0][0])),
+                                             torch.from_numpy(np.asarray(VOCDataset(synth_root, "train")[0][0])))

@@ -53,6 +53,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.skip_bad_images = skip_bad_images
         self.skipped: list[tuple[str, str]] = []
+        self._cache: list | None = None   # decoded images (uint8 HxWx3), see cache_images
         if skip_bad_images:
             good = []
             for rec in records:
@@ -83,16 +84,44 @@ class DetectionDataset(torch.utils.data.Dataset):
         return {"boxes": torch.from_numpy(rec.boxes.copy()), "labels": torch.from_numpy(rec.labels.copy()),
                 "difficult": torch.from_numpy(rec.difficult.copy()), "image_id": rec.image_id}
 
+    def cache_images(self, max_bytes: int = 2 << 30) -> bool:
+        """Decode every image once and keep it in memory (uint8), so later epochs skip the JPEG
+        decode. Done in the calling process: DataLoader workers started afterwards share the
+        decoded pages with it. Nothing is cached when the images would take more than
+        ``max_bytes`` (estimated from the first image); returns whether they were cached."""
+        if self._cache is not None or not self.records:
+            return self._cache is not None
+        first = self._load_image(self.records[0].image_path)
+        if first.width * first.height * 3 * len(self.records) > max_bytes:
+            return False
+        cache = []
+        for i, rec in enumerate(self.records):
+            try:
+                image = first if i == 0 else self._load_image(rec.image_path)
+            except BadImageError:
+                if not self.skip_bad_images:
+                    raise
+                cache.append(None)          # decoded (and skipped) at load time, as without a cache
+                continue
+            cache.append(np.asarray(image))
+        self._cache = cache
+        return True
+
     # ---- loading ----------------------------------------------------------
     def __getitem__(self, index):
+        epoch = None
+        if isinstance(index, tuple):        # (epoch, index): the epoch travels with the index to any worker
+            epoch, index = index
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a data set of {len(self)} images")
         for attempt in range(len(self)):
-            rec = self.records[(index + attempt) % len(self)]
+            position = (index + attempt) % len(self)
+            rec = self.records[position]
             try:
-                image = self._load_image(rec.image_path)
+                cached = self._cache[position] if self._cache is not None else None
+                image = Image.fromarray(cached) if cached is not None else self._load_image(rec.image_path)
                 break
             except BadImageError as exc:
                 if not self.skip_bad_images:
@@ -102,6 +131,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             raise BadImageError("no image in the data set could be loaded")
         target = self._target(rec, image.width, image.height)
         if self.transform is not None:
+            if epoch is not None:
+                return self.transform(image, target, index=index, epoch=epoch)
             return self.transform(image, target, index=index)
         return image, target
 

@@ -15,9 +15,10 @@ Per-pixel work is one 3x3 colour map over at most S*S pixels.
 
 Reproducibility: with ``seed`` set, sample ``index`` in epoch ``e`` draws from
 ``numpy.random.default_rng((seed, e, index))``, so the result does not depend on
-worker count or order. Call ``set_epoch`` (or ``dataset.set_epoch``) each epoch;
-with DataLoader workers use ``persistent_workers=False`` (the default) so the
-workers see the new epoch.
+worker count or order. Either call ``set_epoch`` (or ``dataset.set_epoch``) each
+epoch (with DataLoader workers, ``persistent_workers=False`` then, so the workers see
+it), or index the data set with ``(epoch, index)`` pairs, which carry the epoch to
+every worker (``ResumableBatchSampler(..., with_epoch=True)``, the trainer's way).
 """
 from __future__ import annotations
 
@@ -139,21 +140,21 @@ class SSDTransform:
                 f"drop_difficult={self.drop_difficult})")
 
     # ------------------------------------------------------------------
-    def _rng(self, index):
+    def _rng(self, index, epoch=None):
         if self.seed is None:
             return np.random.default_rng()
         if index is None:
             index, self._calls = self._calls, self._calls + 1
-        return np.random.default_rng((int(self.seed), self.epoch, int(index)))
+        return np.random.default_rng((int(self.seed), self.epoch if epoch is None else int(epoch), int(index)))
 
-    def __call__(self, image, target, index=None):
+    def __call__(self, image, target, index=None, epoch=None):
         image = to_pil_rgb(image)
         w, h = image.size
         boxes = np.asarray(target["boxes"], np.float64).reshape(-1, 4)
         labels = np.asarray(target["labels"], np.int64).reshape(-1)
         difficult = np.asarray(target.get("difficult", np.zeros(len(labels), bool)), bool).reshape(-1)
         if self.train:
-            rng = self._rng(index)
+            rng = self._rng(index, epoch)
             if self.drop_difficult:
                 keep = ~difficult
                 boxes, labels, difficult = boxes[keep], labels[keep], difficult[keep]

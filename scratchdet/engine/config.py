@@ -38,6 +38,12 @@ class TrainConfig:
     amp: bool = True                     # used on CUDA only
     channels_last: bool = True           # NHWC activations: oneDNN's fast CPU convs, tensor cores on GPU
     max_bad_steps: int = 10              # abort after this many non-finite steps in a row
+    # the fast path: fused BatchNorm + add + ReLU training kernels (scratchdet.models.BNReLU2d), the
+    # decoded-image cache and persistent loader workers; false: stock nn.BatchNorm2d / ReLU ops and a
+    # loader rebuilt each epoch, as before
+    fast_kernels: bool = True
+    cache_images: bool = True            # fast path: decode the training images once, if they fit in
+    cache_max_mb: int = 2048             # ... this many MB
     # bookkeeping
     seed: int = 0
     workers: int = 2

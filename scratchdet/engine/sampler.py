@@ -4,6 +4,8 @@ The order of epoch e is a permutation seeded by (seed, e), so it never depends o
 worker timing; `start_batch` skips what a resumed run already trained on.
 Each rank takes every world_size-th batch-slot of the same global order, like
 DistributedSampler, with drop_last so every rank runs the same number of steps.
+With ``with_epoch`` every index comes as ``(epoch, index)``: the data set then seeds its
+augmentation from the pair, so persistent DataLoader workers need no set_epoch.
 """
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ from torch.utils.data import Sampler
 
 class ResumableBatchSampler(Sampler):
     def __init__(self, dataset_len: int, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, with_epoch: bool = False):
         if dataset_len < batch_size * world_size:
             raise ValueError(f"the data set has {dataset_len} images, fewer than one global batch "
                              f"({batch_size} x {world_size} ranks)")
         self.n, self.batch_size, self.seed, self.shuffle = dataset_len, batch_size, seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start_batch = 0, 0
+        self.with_epoch = with_epoch
 
     def batches_per_epoch(self) -> int:
         return self.n // (self.batch_size * self.world_size)
@@ -39,4 +42,5 @@ class ResumableBatchSampler(Sampler):
         global_batch = self.batch_size * self.world_size
         for b in range(self.start_batch, self.batches_per_epoch()):
             chunk = order[b * global_batch:(b + 1) * global_batch]
-            yield chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            mine = chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            yield [(self.epoch, i) for i in mine] if self.with_epoch else mine

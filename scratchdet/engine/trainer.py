@@ -55,6 +55,11 @@ class Trainer:
         self.train_set, self.val_set, self.classes = train_set, val_set, classes
         self.model = build_model(cfg.model, num_classes=len(classes) + 1, **cfg.model_overrides).to(self.device)
         self.model.class_names = list(classes)  # saved with the weights by scratchdet.save
+        from ..models.layers import use_fused_batch_norm
+
+        use_fused_batch_norm(self.model, cfg.fast_kernels)     # off: the stock BatchNorm / add / ReLU ops
+        if cfg.fast_kernels and cfg.cache_images and hasattr(train_set, "cache_images"):
+            train_set.cache_images(int(cfg.cache_max_mb) << 20)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self._check_sync_batch_norm()
@@ -67,8 +72,12 @@ class Trainer:
                                          lr=cfg.lr, momentum=cfg.momentum)
         self.use_amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        # the fast path: (epoch, index) pairs, so that one DataLoader with persistent workers serves
+        # every epoch; the stock path rebuilds the loader each epoch after set_epoch
         self.sampler = ResumableBatchSampler(len(train_set), cfg.batch_size, seed=cfg.seed, shuffle=True,
-                                             rank=self.dist.rank, world_size=self.dist.world_size)
+                                             rank=self.dist.rank, world_size=self.dist.world_size,
+                                             with_epoch=cfg.fast_kernels)
+        self._persistent_loader = None
         self.fluct = GradFluctuation()
         self.iteration, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.bad_in_row, self.skipped = 0, 0
@@ -203,10 +212,18 @@ class Trainer:
         return lr
 
     def _loader(self) -> DataLoader:
+        from ..data import collate_detection
+
+        self.sampler.set_position(self.epoch, self.batch_in_epoch)
+        if self.cfg.fast_kernels:           # one loader; its persistent workers live across epochs
+            if self._persistent_loader is None:
+                self._persistent_loader = DataLoader(
+                    self.train_set, batch_sampler=self.sampler, num_workers=self.cfg.workers,
+                    collate_fn=collate_detection, pin_memory=self.device.type == "cuda",
+                    persistent_workers=self.cfg.workers > 0)
+            return self._persistent_loader
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(self.epoch)
-        self.sampler.set_position(self.epoch, self.batch_in_epoch)
-        from ..data import collate_detection
         return DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=self.cfg.workers,
                           collate_fn=collate_detection, pin_memory=self.device.type == "cuda",
                           persistent_workers=False)

@@ -31,7 +31,7 @@ from .. import ops
 from ..ops.reference import fold_batch_norm
 from ..ops import is_winograd_conv
 from . import conv_backends
-from .layers import BasicBlock, Bias2d, ConvNormAct
+from .layers import BasicBlock, Bias2d, BNReLU2d, ConvNormAct
 
 __all__ = ["fuse", "FusedConvAct", "FusedBasicBlock", "FuseReport"]
 
@@ -44,7 +44,7 @@ class _InferenceOnly(nn.Module):
         return super().train(False)
 
 
-_PLAIN_BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+_PLAIN_BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, BNReLU2d)   # eval mode: plain BatchNorm
 
 
 def _folded(conv: nn.Conv2d, norm: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor | None]:

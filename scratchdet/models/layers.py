@@ -7,7 +7,8 @@ after); a ``BasicBlock`` has ``conv1`` (act=True), ``conv2`` (act=False), ``shor
 
 Normalisation (``norm=``), as the paper's conclusion lists the options:
 
-- ``"bn"``: BatchNorm, the paper's choice;
+- ``"bn"``: BatchNorm, the paper's choice (a :class:`~scratchdet.models.bn_relu.BNReLU2d`: the
+  layer's residual add and ReLU run fused with it in training; :func:`use_fused_batch_norm`);
 - ``"syncbn"``: BatchNorm whose statistics are synchronised over the GPUs under DDP
   (``nn.SyncBatchNorm``; a single process computes plain BatchNorm);
 - ``"gn"``: GroupNorm with 32 groups, or the most groups up to 32 that divide the channels;
@@ -20,8 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["NORMS", "ConvNormAct", "BasicBlock", "L2Norm", "Bias2d", "make_norm", "group_count", "init_weights",
-           "convert_norms", "is_norm"]
+from .bn_relu import BNReLU2d
+
+__all__ = ["NORMS", "ConvNormAct", "BasicBlock", "L2Norm", "Bias2d", "BNReLU2d", "make_norm", "group_count",
+           "init_weights", "convert_norms", "is_norm", "use_fused_batch_norm"]
 
 NORMS = ("bn", "syncbn", "gn", "none")
 GN_GROUPS = 32
@@ -42,7 +45,7 @@ def make_norm(norm: str, channels: int) -> nn.Module | None:
     """The normalisation layer ``norm`` (see the module docstring) for ``channels``; None for "none"."""
     check_norm(norm)
     if norm == "bn":
-        return nn.BatchNorm2d(channels)
+        return BNReLU2d(channels)   # nn.BatchNorm2d, with the add and ReLU after it fused in training
     if norm == "syncbn":
         return nn.SyncBatchNorm(channels)
     if norm == "gn":
@@ -83,13 +86,18 @@ class ConvNormAct(nn.Module):
         self.norm = make_norm(norm, out_channels)
         self.act = bool(act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool | None = None):
+        """``relu?(norm(conv(x)) + residual?)``; ``relu`` defaults to ``act`` (a residual block asks
+        for the ReLU after its add)."""
+        relu = self.act if relu is None else relu
         x = self._conv(x)
+        if isinstance(self.norm, BNReLU2d):
+            return self.norm(x, residual, relu)
         if self.norm is not None:
             x = self.norm(x)
-        if self.act:
-            x = F.relu(x, inplace=True)
-        return x
+        if residual is not None:
+            x = x + residual
+        return F.relu(x, inplace=True) if relu else x
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
@@ -129,7 +137,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(self.conv2(self.conv1(x)) + identity, inplace=True)
+        return self.conv2(self.conv1(x), residual=identity, relu=True)
 
 
 class L2Norm(nn.Module):
@@ -190,3 +198,12 @@ def convert_norms(module: nn.Module, norm: str) -> int:
         else:
             count += convert_norms(child, norm)
     return count
+
+
+def use_fused_batch_norm(model: nn.Module, enabled: bool = True) -> int:
+    """Switch the fused training path of every :class:`BNReLU2d` in ``model`` on or off (off: the
+    stock ``nn.BatchNorm2d`` + add + ReLU ops). Returns how many layers were switched."""
+    layers = [m for m in model.modules() if isinstance(m, BNReLU2d)]
+    for m in layers:
+        m.fused = bool(enabled)
+    return len(layers)

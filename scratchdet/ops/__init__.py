@@ -7,6 +7,7 @@ through them. :mod:`scratchdet.ops.reference` holds the executable spec;
 """
 from . import reference
 from ._extension import EXTENSION_LOADED, build_info
+from .batch_norm_relu import batch_norm_relu, batch_norm_relu_backward
 from .batched_nms import batched_nms
 from .box_iou import box_iou
 from .conv_bn_act import conv_bn_act
@@ -15,4 +16,5 @@ from .match_priors import match_priors
 from .winograd_conv3x3 import is_winograd_conv, winograd_conv3x3, winograd_f43_pack
 
 __all__ = ["EXTENSION_LOADED", "build_info", "reference", "box_iou", "match_priors", "detect", "batched_nms",
-           "conv_bn_act", "winograd_conv3x3", "winograd_f43_pack", "is_winograd_conv"]
+           "conv_bn_act", "winograd_conv3x3", "winograd_f43_pack", "is_winograd_conv", "batch_norm_relu",
+           "batch_norm_relu_backward"]

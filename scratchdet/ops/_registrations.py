@@ -119,6 +119,48 @@ def _winograd_f43_pack_fake(weight):
     return weight.new_empty(36, weight.shape[1], weight.shape[0], dtype=torch.float32)
 
 
+@_fake("batch_norm_relu")
+def _batch_norm_relu_fake(input, weight, bias, residual, eps, relu):
+    reference.check_batch_norm_relu_args(input, weight, bias, residual, eps)
+    stat_dtype = torch.promote_types(input.dtype, torch.float32)
+    c = input.shape[1]
+    return (torch.empty_like(input, memory_format=suggest_memory_format(input)),
+            input.new_empty((c,), dtype=stat_dtype), input.new_empty((c,), dtype=stat_dtype))
+
+
+@_fake("batch_norm_relu_backward")
+def _batch_norm_relu_backward_fake(grad_out, out, input, weight, save_mean, save_invstd, relu, residual):
+    reference.check_batch_norm_relu_backward_args(grad_out, out, input, weight, save_mean, save_invstd)
+    fmt = suggest_memory_format(input)
+    param_dtype = weight.dtype if weight is not None else save_mean.dtype
+    c = input.shape[1]
+    return (torch.empty_like(input, memory_format=fmt), input.new_empty((c,), dtype=param_dtype),
+            input.new_empty((c,), dtype=param_dtype),
+            torch.empty_like(input, memory_format=fmt) if residual else input.new_empty((0,)))
+
+
+def _batch_norm_relu_setup(ctx, inputs, output):
+    input, weight, bias, residual, eps, relu = inputs
+    out, save_mean, save_invstd = output
+    ctx.save_for_backward(out, input, weight, save_mean, save_invstd)
+    ctx.relu, ctx.has_residual = relu, residual is not None
+    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+
+
+def _batch_norm_relu_autograd(ctx, grad_out, _grad_mean, _grad_invstd):
+    out, input, weight, save_mean, save_invstd = ctx.saved_tensors
+    dx, dw, db, dr = torch.ops.scratchdet.batch_norm_relu_backward(
+        grad_out, out, input, weight, save_mean, save_invstd, ctx.relu, ctx.has_residual)
+    return (dx, dw if ctx.has_weight else None, db if ctx.has_bias else None, dr if ctx.has_residual else None,
+            None, None)
+
+
+if has_op("batch_norm_relu"):
+    # the gradient of the forward op is the backward op (save_mean / save_invstd get none)
+    torch.library.register_autograd("scratchdet::batch_norm_relu", _batch_norm_relu_autograd,
+                                    setup_context=_batch_norm_relu_setup)
+
+
 # --------------------------------------------------------------------------- what the public functions call
 box_iou = _compiled_or_reference("box_iou")
 match_priors = _compiled_or_reference("match_priors")
@@ -127,3 +169,6 @@ detect = _compiled_or_reference("detect")
 conv_bn_act = _compiled_or_reference("conv_bn_act")
 winograd_conv3x3 = _compiled_or_reference("winograd_conv3x3")
 winograd_f43_pack = _compiled_or_reference("winograd_f43_pack")
+batch_norm_relu = _compiled_or_reference("batch_norm_relu")              # the reference is differentiable itself
+batch_norm_relu_backward = _compiled_or_reference("batch_norm_relu_backward")
+
