@@ -17,7 +17,7 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   "$VENV/bin/python" -m pip install -q $TORCH_SPEC
 fi
 "$VENV/bin/python" -m pip install -q ninja numpy pillow matplotlib tqdm pycocotools pyyaml timm \
-  pytest pytest-benchmark hypothesis onnx onnxscript
+  pytest pytest-benchmark hypothesis onnx onnxscript onnxruntime openvino
 echo "==> building scratchdet and its extension (MAX_JOBS=${MAX_JOBS:-$(nproc)})"
 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e .
 "$VENV/bin/python" -c "import scratchdet, json; print(json.dumps(scratchdet.ops.build_info()))"

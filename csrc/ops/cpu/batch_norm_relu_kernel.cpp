@@ -13,14 +13,25 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../batch_norm_relu.h"
 #include "../common/bn_relu_math.h"
+
+// x86-64 Linux: the row loops compiled twice (AVX2+FMA and baseline), one picked at load time, as
+// the Winograd kernel does; elsewhere the build's own target.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define SD_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define SD_CPU_CLONES
+#endif
+#define SD_ALWAYS_INLINE inline __attribute__((always_inline))
+#pragma GCC diagnostic ignored "-Wpsabi"  // vec8 by value in the baseline clone: internal, inlined
 
 namespace scratchdet {
 namespace {
@@ -29,19 +40,215 @@ namespace {
 // (the blocks then add in double).
 constexpr int64_t kBlockRows = 256;
 
-// Per-channel sums over the rows, block by block: fn(row, acc1, acc2) adds one row into the
-// block's accumulators (value type, length C); returns the two sums per channel in double.
-template <typename T, typename RowFn>
-void blocked_channel_sums(int64_t rows, int64_t C, RowFn fn, std::vector<double>& sum1, std::vector<double>& sum2) {
-  const int64_t per_block = kBlockRows;
-  const int64_t blocks = (rows + per_block - 1) / per_block;
+// ---- the row loops -----------------------------------------------------------------------------
+// Each comes twice: channels in registers (C a multiple of 8, up to 32: GCC vectors of 8 floats,
+// the accumulators never leave the registers), and a plain loop over the channels for any C
+// (and for float64). Both do the same operations in the same order per element.
+typedef float vec8 __attribute__((vector_size(32)));
+constexpr int kLanes = 8;
+constexpr int kMaxRegisterVecs = 4;
+
+SD_ALWAYS_INLINE vec8 ld(const float* p) {
+  vec8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+SD_ALWAYS_INLINE void st(float* p, vec8 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// s1 = sum(x - shift), s2 = sum((x - shift)^2) over rows [r0, r1)
+template <int NV>
+SD_ALWAYS_INLINE void stats_vec(const float* x, const float* shift, int64_t C, int64_t r0, int64_t r1, float* s1,
+                                float* s2) {
+  vec8 a1[NV], a2[NV], k[NV];
+  for (int v = 0; v < NV; ++v) a1[v] = vec8{}, a2[v] = vec8{}, k[v] = ld(shift + v * kLanes);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int v = 0; v < NV; ++v) {
+      const vec8 d = ld(x + r * C + v * kLanes) - k[v];
+      a1[v] += d;
+      a2[v] += d * d;
+    }
+  for (int v = 0; v < NV; ++v) st(s1 + v * kLanes, a1[v]), st(s2 + v * kLanes, a2[v]);
+}
+
+template <typename T>
+SD_ALWAYS_INLINE void stats_any(const T* x, const T* shift, int64_t C, int64_t r0, int64_t r1, T* s1, T* s2) {
+  for (int64_t c = 0; c < C; ++c) s1[c] = T(0), s2[c] = T(0);
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const T d = xr[c] - shift[c];
+      s1[c] += d;
+      s2[c] += d * d;
+    }
+  }
+}
+
+// out = relu?(x * scale + shift + residual?) over rows [r0, r1)
+template <int NV>
+SD_ALWAYS_INLINE void out_vec(const float* x, const float* res, const float* scale, const float* shift, int64_t C,
+                              int64_t r0, int64_t r1, float* out, bool relu) {
+  vec8 sc[NV], sh[NV];
+  for (int v = 0; v < NV; ++v) sc[v] = ld(scale + v * kLanes), sh[v] = ld(shift + v * kLanes);
+  const vec8 zero{};
+  for (int64_t r = r0; r < r1; ++r)
+    for (int v = 0; v < NV; ++v) {
+      const int64_t o = r * C + v * kLanes;
+      vec8 y = ld(x + o) * sc[v] + sh[v];
+      if (res) y += ld(res + o);
+      if (relu) y = y < zero ? zero : y;  // NaN stays NaN, like torch.relu
+      st(out + o, y);
+    }
+}
+
+template <typename T>
+SD_ALWAYS_INLINE void out_any(const T* x, const T* res, const T* scale, const T* shift, int64_t C, int64_t r0,
+                              int64_t r1, T* out, bool relu) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t o = r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c)
+      out[o + c] = math::bn_relu_out(x[o + c], scale[c], shift[c], res ? res[o + c] : T(0), relu);
+  }
+}
+
+// sg = sum(g), sgx = sum(g * (x - mean)), g the ReLU-masked gradient, over rows [r0, r1)
+template <int NV>
+SD_ALWAYS_INLINE void grad_sums_vec(const float* dy, const float* y, const float* x, const float* mean, int64_t C,
+                                    int64_t r0, int64_t r1, float* sg, float* sgx, bool relu) {
+  vec8 a1[NV], a2[NV], m[NV];
+  for (int v = 0; v < NV; ++v) a1[v] = vec8{}, a2[v] = vec8{}, m[v] = ld(mean + v * kLanes);
+  const vec8 zero{};
+  for (int64_t r = r0; r < r1; ++r)
+    for (int v = 0; v < NV; ++v) {
+      const int64_t o = r * C + v * kLanes;
+      vec8 g = ld(dy + o);
+      if (relu) g = ld(y + o) > zero ? g : zero;
+      a1[v] += g;
+      a2[v] += g * (ld(x + o) - m[v]);
+    }
+  for (int v = 0; v < NV; ++v) st(sg + v * kLanes, a1[v]), st(sgx + v * kLanes, a2[v]);
+}
+
+template <typename T>
+SD_ALWAYS_INLINE void grad_sums_any(const T* dy, const T* y, const T* x, const T* mean, int64_t C, int64_t r0,
+                                    int64_t r1, T* sg, T* sgx, bool relu) {
+  for (int64_t c = 0; c < C; ++c) sg[c] = T(0), sgx[c] = T(0);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t o = r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const T g = math::relu_grad(dy[o + c], y[o + c], relu);
+      sg[c] += g;
+      sgx[c] += g * (x[o + c] - mean[c]);
+    }
+  }
+}
+
+// dx = s * g + c1 * (x - mean) + c0 (and g for the residual) over rows [r0, r1)
+template <int NV>
+SD_ALWAYS_INLINE void grad_input_vec(const float* dy, const float* y, const float* x, const float* mean,
+                                     const float* s, const float* c1, const float* c0, int64_t C, int64_t r0,
+                                     int64_t r1, float* dx, float* dres, bool relu) {
+  vec8 m[NV], ks[NV], k1[NV], k0[NV];
+  for (int v = 0; v < NV; ++v) {
+    m[v] = ld(mean + v * kLanes), ks[v] = ld(s + v * kLanes);
+    k1[v] = ld(c1 + v * kLanes), k0[v] = ld(c0 + v * kLanes);
+  }
+  const vec8 zero{};
+  for (int64_t r = r0; r < r1; ++r)
+    for (int v = 0; v < NV; ++v) {
+      const int64_t o = r * C + v * kLanes;
+      vec8 g = ld(dy + o);
+      if (relu) g = ld(y + o) > zero ? g : zero;
+      st(dx + o, ks[v] * g + (k1[v] * (ld(x + o) - m[v]) + k0[v]));
+      if (dres) st(dres + o, g);
+    }
+}
+
+template <typename T>
+SD_ALWAYS_INLINE void grad_input_any(const T* dy, const T* y, const T* x, const T* mean, const T* s, const T* c1,
+                                     const T* c0, int64_t C, int64_t r0, int64_t r1, T* dx, T* dres, bool relu) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t o = r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const T g = math::relu_grad(dy[o + c], y[o + c], relu);
+      dx[o + c] = math::bn_relu_grad_input(g, x[o + c] - mean[c], math::BnGradConstants<T>{s[c], c1[c], c0[c]});
+      if (dres) dres[o + c] = g;
+    }
+  }
+}
+
+// The float32 entry points: one clone per ISA, the channel-register version where C allows it.
+#define SD_DISPATCH_VECS(C, CALL_VEC, CALL_ANY)        \
+  switch ((C) % kLanes == 0 ? (C) / kLanes : 0) {      \
+    case 1: CALL_VEC(1); break;                        \
+    case 2: CALL_VEC(2); break;                        \
+    case 3: CALL_VEC(3); break;                        \
+    case 4: CALL_VEC(4); break;                        \
+    default: CALL_ANY; break;                          \
+  }
+
+SD_CPU_CLONES void stats_rows(const float* x, const float* shift, int64_t C, int64_t r0, int64_t r1, float* s1,
+                              float* s2) {
+#define SD_VEC(NV) stats_vec<NV>(x, shift, C, r0, r1, s1, s2)
+  SD_DISPATCH_VECS(C, SD_VEC, stats_any(x, shift, C, r0, r1, s1, s2))
+#undef SD_VEC
+}
+
+SD_CPU_CLONES void out_rows(const float* x, const float* res, const float* scale, const float* shift, int64_t C,
+                            int64_t r0, int64_t r1, float* out, bool relu) {
+#define SD_VEC(NV) out_vec<NV>(x, res, scale, shift, C, r0, r1, out, relu)
+  SD_DISPATCH_VECS(C, SD_VEC, out_any(x, res, scale, shift, C, r0, r1, out, relu))
+#undef SD_VEC
+}
+
+SD_CPU_CLONES void grad_sums_rows(const float* dy, const float* y, const float* x, const float* mean, int64_t C,
+                                  int64_t r0, int64_t r1, float* sg, float* sgx, bool relu) {
+#define SD_VEC(NV) grad_sums_vec<NV>(dy, y, x, mean, C, r0, r1, sg, sgx, relu)
+  SD_DISPATCH_VECS(C, SD_VEC, grad_sums_any(dy, y, x, mean, C, r0, r1, sg, sgx, relu))
+#undef SD_VEC
+}
+
+SD_CPU_CLONES void grad_input_rows(const float* dy, const float* y, const float* x, const float* mean, const float* s,
+                                   const float* c1, const float* c0, int64_t C, int64_t r0, int64_t r1, float* dx,
+                                   float* dres, bool relu) {
+#define SD_VEC(NV) grad_input_vec<NV>(dy, y, x, mean, s, c1, c0, C, r0, r1, dx, dres, relu)
+  SD_DISPATCH_VECS(C, SD_VEC, grad_input_any(dy, y, x, mean, s, c1, c0, C, r0, r1, dx, dres, relu))
+#undef SD_VEC
+}
+
+// float64: the plain loops.
+void stats_rows(const double* x, const double* shift, int64_t C, int64_t r0, int64_t r1, double* s1, double* s2) {
+  stats_any(x, shift, C, r0, r1, s1, s2);
+}
+void out_rows(const double* x, const double* res, const double* scale, const double* shift, int64_t C, int64_t r0,
+              int64_t r1, double* out, bool relu) {
+  out_any(x, res, scale, shift, C, r0, r1, out, relu);
+}
+void grad_sums_rows(const double* dy, const double* y, const double* x, const double* mean, int64_t C, int64_t r0,
+                    int64_t r1, double* sg, double* sgx, bool relu) {
+  grad_sums_any(dy, y, x, mean, C, r0, r1, sg, sgx, relu);
+}
+void grad_input_rows(const double* dy, const double* y, const double* x, const double* mean, const double* s,
+                     const double* c1, const double* c0, int64_t C, int64_t r0, int64_t r1, double* dx, double* dres,
+                     bool relu) {
+  grad_input_any(dy, y, x, mean, s, c1, c0, C, r0, r1, dx, dres, relu);
+}
+
+// ---- the passes --------------------------------------------------------------------------------
+// Per-channel sums over all rows, block by block: sum_block(r0, r1, s1, s2) writes one block's
+// two sums (value type, length C); returns the totals in double, blocks added in order.
+template <typename T, typename BlockFn>
+void blocked_channel_sums(int64_t rows, int64_t C, BlockFn sum_block, std::vector<double>& sum1,
+                          std::vector<double>& sum2) {
+  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
   std::vector<double> partial(static_cast<size_t>(blocks) * 2 * C);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> acc(2 * C);
     for (int64_t b = b0; b < b1; ++b) {
-      std::fill(acc.begin(), acc.end(), T(0));
-      const int64_t end = std::min(rows, (b + 1) * per_block);
-      for (int64_t r = b * per_block; r < end; ++r) fn(r, acc.data(), acc.data() + C);
+      sum_block(b * kBlockRows, std::min(rows, (b + 1) * kBlockRows), acc.data(), acc.data() + C);
       double* out = partial.data() + b * 2 * C;
       for (int64_t c = 0; c < 2 * C; ++c) out[c] = static_cast<double>(acc[c]);
     }
@@ -54,28 +261,13 @@ void blocked_channel_sums(int64_t rows, int64_t C, RowFn fn, std::vector<double>
   }
 }
 
-// acc[c] += a[c] (and acc2[c] += a[c] * b[c]) over one row, vectorised over the channels.
-template <typename T>
-inline void add_row_shifted(const T* x, const T* shift, T* s1, T* s2, int64_t C) {
-  using Vec = at::vec::Vectorized<T>;
-  int64_t c = 0;
-  for (; c + Vec::size() <= C; c += Vec::size()) {
-    const Vec d = Vec::loadu(x + c) - Vec::loadu(shift + c);
-    (Vec::loadu(s1 + c) + d).store(s1 + c);
-    at::vec::fmadd(d, d, Vec::loadu(s2 + c)).store(s2 + c);
-  }
-  for (; c < C; ++c) {
-    const T d = x[c] - shift[c];
-    s1[c] += d;
-    s2[c] += d * d;
-  }
-}
+// Rows per task of the elementwise passes: enough work to pay for the hand-off.
+int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 32768 / C); }
 
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& weight,
                                                             const at::Tensor& bias, const at::Tensor& residual,
                                                             double eps, bool relu) {
-  using Vec = at::vec::Vectorized<T>;
   const int64_t C = x.size(1), rows = x.numel() / C;
   auto out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   auto save_mean = at::empty({C}, x.options().memory_format(at::MemoryFormat::Contiguous));
@@ -87,8 +279,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& x,
   // 1. statistics: the variance of x - x[0] (the same variance, without cancellation)
   std::vector<T> first(xp, xp + C);
   std::vector<double> s1, s2;
-  blocked_channel_sums<T>(rows, C, [&](int64_t r, T* a1, T* a2) { add_row_shifted(xp + r * C, first.data(), a1, a2, C); },
-                          s1, s2);
+  blocked_channel_sums<T>(rows, C, [&](int64_t r0, int64_t r1, T* a1, T* a2) {
+    stats_rows(xp, first.data(), C, r0, r1, a1, a2);
+  }, s1, s2);
   std::vector<T> scale(C), shift(C);
   T* mean_p = save_mean.mutable_data_ptr<T>();
   T* invstd_p = save_invstd.mutable_data_ptr<T>();
@@ -105,22 +298,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& x,
   }
 
   // 2. out = relu?(x * scale + shift + residual?)
-  const int64_t grain = std::max<int64_t>(1, 32768 / C);
-  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-    const Vec zero(T(0));
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = xp + r * C;
-      T* orow = op + r * C;
-      int64_t c = 0;
-      for (; c + Vec::size() <= C; c += Vec::size()) {
-        Vec v = at::vec::fmadd(Vec::loadu(xr + c), Vec::loadu(scale.data() + c), Vec::loadu(shift.data() + c));
-        if (rp) v = v + Vec::loadu(rp + r * C + c);
-        if (relu) v = at::vec::maximum(v, zero);
-        v.store(orow + c);
-      }
-      for (; c < C; ++c)
-        orow[c] = math::bn_relu_out(xr[c], scale[c], shift[c], rp ? rp[r * C + c] : T(0), relu);
-    }
+  at::parallel_for(0, rows, row_grain(C), [&](int64_t r0, int64_t r1) {
+    out_rows(xp, rp, scale.data(), shift.data(), C, r0, r1, op, relu);
   });
   return {out, save_mean, save_invstd};
 }
@@ -129,32 +308,17 @@ template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const at::Tensor& dy, const at::Tensor& y, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mean_t,
     const at::Tensor& invstd_t, bool relu, bool want_residual) {
-  using Vec = at::vec::Vectorized<T>;
   const int64_t C = x.size(1), rows = x.numel() / C;
   const T* dyp = dy.const_data_ptr<T>();
   const T* yp = y.const_data_ptr<T>();
   const T* xp = x.const_data_ptr<T>();
   const T* mean = mean_t.const_data_ptr<T>();
   const T* invstd = invstd_t.const_data_ptr<T>();
-  auto grad_masked = [&](const Vec& d, const Vec& v) {
-    return relu ? Vec::blendv(Vec(T(0)), d, v > Vec(T(0))) : d;
-  };
 
   // 1. sum(g) and sum(g * (x - mean)) per channel
   std::vector<double> sum_g, sum_gxc;
-  blocked_channel_sums<T>(rows, C, [&](int64_t r, T* a1, T* a2) {
-    const T *dr = dyp + r * C, *yr = yp + r * C, *xr = xp + r * C;
-    int64_t c = 0;
-    for (; c + Vec::size() <= C; c += Vec::size()) {
-      const Vec g = grad_masked(Vec::loadu(dr + c), Vec::loadu(yr + c));
-      (Vec::loadu(a1 + c) + g).store(a1 + c);
-      at::vec::fmadd(g, Vec::loadu(xr + c) - Vec::loadu(mean + c), Vec::loadu(a2 + c)).store(a2 + c);
-    }
-    for (; c < C; ++c) {
-      const T g = math::relu_grad(dr[c], yr[c], relu);
-      a1[c] += g;
-      a2[c] += g * (xr[c] - mean[c]);
-    }
+  blocked_channel_sums<T>(rows, C, [&](int64_t r0, int64_t r1, T* a1, T* a2) {
+    grad_sums_rows(dyp, yp, xp, mean, C, r0, r1, a1, a2, relu);
   }, sum_g, sum_gxc);
 
   auto grad_weight = at::empty({C}, mean_t.options());
@@ -174,25 +338,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_impl(
   auto dres = want_residual ? at::empty_like(x, at::MemoryFormat::ChannelsLast) : at::empty({0}, x.options());
   T* dxp = dx.mutable_data_ptr<T>();
   T* drp = want_residual ? dres.mutable_data_ptr<T>() : nullptr;
-  const int64_t grain = std::max<int64_t>(1, 32768 / C);
-  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t o = r * C;
-      int64_t c = 0;
-      for (; c + Vec::size() <= C; c += Vec::size()) {
-        const Vec g = grad_masked(Vec::loadu(dyp + o + c), Vec::loadu(yp + o + c));
-        const Vec xc = Vec::loadu(xp + o + c) - Vec::loadu(mean + c);
-        at::vec::fmadd(Vec::loadu(s.data() + c), g,
-                       at::vec::fmadd(Vec::loadu(c1.data() + c), xc, Vec::loadu(c0.data() + c)))
-            .store(dxp + o + c);
-        if (drp) g.store(drp + o + c);
-      }
-      for (; c < C; ++c) {
-        const T g = math::relu_grad(dyp[o + c], yp[o + c], relu);
-        dxp[o + c] = math::bn_relu_grad_input(g, xp[o + c] - mean[c], math::BnGradConstants<T>{s[c], c1[c], c0[c]});
-        if (drp) drp[o + c] = g;
-      }
-    }
+  at::parallel_for(0, rows, row_grain(C), [&](int64_t r0, int64_t r1) {
+    grad_input_rows(dyp, yp, xp, mean, s.data(), c1.data(), c0.data(), C, r0, r1, dxp, drp, relu);
   });
   return {dx, grad_weight, grad_bias, dres};
 }
