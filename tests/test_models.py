@@ -423,3 +423,15 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_hard_negative_selection_equals_the_first_k_of_a_stable_sort():
+    from scratchdet.models import MultiBoxLoss
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        B, P = 3, int(torch.randint(1, 60, (1,), generator=g))
+        # integer values: many exact ties, where the lower index must win
+        v = torch.randint(0, 5, (B, P), generator=g).float() if trial % 2 else torch.rand(B, P, generator=g)
+        k = torch.randint(0, P + 1, (B, 1), generator=g)
+        stable_rank = v.sort(dim=1, descending=True, stable=True).indices.argsort(dim=1)
+        assert torch.equal(MultiBoxLoss.hardest(v, k), stable_rank < k)

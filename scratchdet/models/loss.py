@@ -45,15 +45,29 @@ class MultiBoxLoss(nn.Module):
         loss_loc = F.smooth_l1_loss(loc.float(), loc_t, reduction="none").sum(-1)
         loss_loc = (loss_loc * pos).sum()
 
-        ce = F.cross_entropy(logits.float().reshape(-1, C), conf_t.reshape(-1), reduction="none").view(B, P)
-        # rank background priors by loss; positives go last
+        # softmax cross-entropy per prior as logsumexp - the target's logit: the same function as
+        # F.cross_entropy(reduction="none"), without materialising the [B, P, C] log-probabilities
+        # (faster for the few classes of an SSD; benchmarks/RESULTS.md, "training step")
+        z = logits.float()
+        ce = z.logsumexp(dim=-1) - z.gather(-1, conf_t.unsqueeze(-1)).squeeze(-1)
+        # the num_neg background priors of highest loss per image (positives rank last), ties to the
+        # lower prior index: exactly the first num_neg of a stable descending sort, found from one
+        # sort of the values (the k-th largest) instead of a stable sort and its inverse
         mining = ce.detach().masked_fill(pos, -1.0)
-        order = mining.sort(dim=1, descending=True, stable=True).indices
-        rank = order.argsort(dim=1)
         num_neg = (num_pos * self.neg_pos_ratio).long().clamp(max=P)
-        neg = (rank < num_neg) & ~pos
+        neg = self.hardest(mining, num_neg) & ~pos
         loss_conf = (ce * (pos | neg)).sum()
 
         loss_loc, loss_conf = loss_loc / norm, loss_conf / norm
         return {"loss": self.loc_weight * loss_loc + loss_conf, "loss_loc": loss_loc,
                 "loss_conf": loss_conf, "num_pos": total_pos}
+
+    @staticmethod
+    def hardest(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Per row of ``values [B, P]``, a mask of the ``k [B, 1]`` largest, ties to the lower index (the
+        first k of a stable descending sort); static shapes, so it traces for torch.compile."""
+        kth = values.sort(dim=1, descending=True).values.gather(1, (k - 1).clamp(min=0))   # the k-th largest
+        above = values > kth
+        at = values == kth
+        room = k - above.sum(dim=1, keepdim=True)            # how many of the tied values still fit
+        return (above | (at & (at.cumsum(dim=1) <= room))) & (k > 0)

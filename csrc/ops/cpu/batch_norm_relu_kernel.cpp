@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include "../batch_norm_relu.h"
@@ -31,7 +30,6 @@
 #define SD_CPU_CLONES
 #endif
 #define SD_ALWAYS_INLINE inline __attribute__((always_inline))
-#pragma GCC diagnostic ignored "-Wpsabi"  // vec8 by value in the baseline clone: internal, inlined
 
 namespace scratchdet {
 namespace {
@@ -41,35 +39,9 @@ namespace {
 constexpr int64_t kBlockRows = 256;
 
 // ---- the row loops -----------------------------------------------------------------------------
-// Each comes twice: channels in registers (C a multiple of 8, up to 32: GCC vectors of 8 floats,
-// the accumulators never leave the registers), and a plain loop over the channels for any C
-// (and for float64). Both do the same operations in the same order per element.
-typedef float vec8 __attribute__((vector_size(32)));
-constexpr int kLanes = 8;
-constexpr int kMaxRegisterVecs = 4;
-
-SD_ALWAYS_INLINE vec8 ld(const float* p) {
-  vec8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-SD_ALWAYS_INLINE void st(float* p, vec8 v) { std::memcpy(p, &v, sizeof(v)); }
-
-// s1 = sum(x - shift), s2 = sum((x - shift)^2) over rows [r0, r1)
-template <int NV>
-SD_ALWAYS_INLINE void stats_vec(const float* x, const float* shift, int64_t C, int64_t r0, int64_t r1, float* s1,
-                                float* s2) {
-  vec8 a1[NV], a2[NV], k[NV];
-  for (int v = 0; v < NV; ++v) a1[v] = vec8{}, a2[v] = vec8{}, k[v] = ld(shift + v * kLanes);
-  for (int64_t r = r0; r < r1; ++r)
-    for (int v = 0; v < NV; ++v) {
-      const vec8 d = ld(x + r * C + v * kLanes) - k[v];
-      a1[v] += d;
-      a2[v] += d * d;
-    }
-  for (int v = 0; v < NV; ++v) st(s1 + v * kLanes, a1[v]), st(s2 + v * kLanes, a2[v]);
-}
-
+// Plain loops over the channels, which the compiler vectorises (the AVX2+FMA clone in 8-float
+// registers); the entry points below pass the common channel counts as compile-time constants,
+// so those loops unroll and their sums stay in registers.
 template <typename T>
 SD_ALWAYS_INLINE void stats_any(const T* x, const T* shift, int64_t C, int64_t r0, int64_t r1, T* s1, T* s2) {
   for (int64_t c = 0; c < C; ++c) s1[c] = T(0), s2[c] = T(0);
@@ -85,22 +57,6 @@ SD_ALWAYS_INLINE void stats_any(const T* x, const T* shift, int64_t C, int64_t r
 }
 
 // out = relu?(x * scale + shift + residual?) over rows [r0, r1)
-template <int NV>
-SD_ALWAYS_INLINE void out_vec(const float* x, const float* res, const float* scale, const float* shift, int64_t C,
-                              int64_t r0, int64_t r1, float* out, bool relu) {
-  vec8 sc[NV], sh[NV];
-  for (int v = 0; v < NV; ++v) sc[v] = ld(scale + v * kLanes), sh[v] = ld(shift + v * kLanes);
-  const vec8 zero{};
-  for (int64_t r = r0; r < r1; ++r)
-    for (int v = 0; v < NV; ++v) {
-      const int64_t o = r * C + v * kLanes;
-      vec8 y = ld(x + o) * sc[v] + sh[v];
-      if (res) y += ld(res + o);
-      if (relu) y = y < zero ? zero : y;  // NaN stays NaN, like torch.relu
-      st(out + o, y);
-    }
-}
-
 template <typename T>
 SD_ALWAYS_INLINE void out_any(const T* x, const T* res, const T* scale, const T* shift, int64_t C, int64_t r0,
                               int64_t r1, T* out, bool relu) {
@@ -113,23 +69,6 @@ SD_ALWAYS_INLINE void out_any(const T* x, const T* res, const T* scale, const T*
 }
 
 // sg = sum(g), sgx = sum(g * (x - mean)), g the ReLU-masked gradient, over rows [r0, r1)
-template <int NV>
-SD_ALWAYS_INLINE void grad_sums_vec(const float* dy, const float* y, const float* x, const float* mean, int64_t C,
-                                    int64_t r0, int64_t r1, float* sg, float* sgx, bool relu) {
-  vec8 a1[NV], a2[NV], m[NV];
-  for (int v = 0; v < NV; ++v) a1[v] = vec8{}, a2[v] = vec8{}, m[v] = ld(mean + v * kLanes);
-  const vec8 zero{};
-  for (int64_t r = r0; r < r1; ++r)
-    for (int v = 0; v < NV; ++v) {
-      const int64_t o = r * C + v * kLanes;
-      vec8 g = ld(dy + o);
-      if (relu) g = ld(y + o) > zero ? g : zero;
-      a1[v] += g;
-      a2[v] += g * (ld(x + o) - m[v]);
-    }
-  for (int v = 0; v < NV; ++v) st(sg + v * kLanes, a1[v]), st(sgx + v * kLanes, a2[v]);
-}
-
 template <typename T>
 SD_ALWAYS_INLINE void grad_sums_any(const T* dy, const T* y, const T* x, const T* mean, int64_t C, int64_t r0,
                                     int64_t r1, T* sg, T* sgx, bool relu) {
@@ -146,26 +85,6 @@ SD_ALWAYS_INLINE void grad_sums_any(const T* dy, const T* y, const T* x, const T
 }
 
 // dx = s * g + c1 * (x - mean) + c0 (and g for the residual) over rows [r0, r1)
-template <int NV>
-SD_ALWAYS_INLINE void grad_input_vec(const float* dy, const float* y, const float* x, const float* mean,
-                                     const float* s, const float* c1, const float* c0, int64_t C, int64_t r0,
-                                     int64_t r1, float* dx, float* dres, bool relu) {
-  vec8 m[NV], ks[NV], k1[NV], k0[NV];
-  for (int v = 0; v < NV; ++v) {
-    m[v] = ld(mean + v * kLanes), ks[v] = ld(s + v * kLanes);
-    k1[v] = ld(c1 + v * kLanes), k0[v] = ld(c0 + v * kLanes);
-  }
-  const vec8 zero{};
-  for (int64_t r = r0; r < r1; ++r)
-    for (int v = 0; v < NV; ++v) {
-      const int64_t o = r * C + v * kLanes;
-      vec8 g = ld(dy + o);
-      if (relu) g = ld(y + o) > zero ? g : zero;
-      st(dx + o, ks[v] * g + (k1[v] * (ld(x + o) - m[v]) + k0[v]));
-      if (dres) st(dres + o, g);
-    }
-}
-
 template <typename T>
 SD_ALWAYS_INLINE void grad_input_any(const T* dy, const T* y, const T* x, const T* mean, const T* s, const T* c1,
                                      const T* c0, int64_t C, int64_t r0, int64_t r1, T* dx, T* dres, bool relu) {
@@ -180,33 +99,32 @@ SD_ALWAYS_INLINE void grad_input_any(const T* dy, const T* y, const T* x, const 
   }
 }
 
-// The float32 entry points: one clone per ISA, the channel-register version where C allows it.
-#define SD_DISPATCH_VECS(C, CALL_VEC, CALL_ANY)        \
-  switch ((C) % kLanes == 0 ? (C) / kLanes : 0) {      \
-    case 1: CALL_VEC(1); break;                        \
-    case 2: CALL_VEC(2); break;                        \
-    case 3: CALL_VEC(3); break;                        \
-    case 4: CALL_VEC(4); break;                        \
-    default: CALL_ANY; break;                          \
+// The float32 entry points, one clone per ISA; 8, 16 and 32 channels as constants.
+#define SD_DISPATCH_VECS(C, CALL_CONST, CALL_ANY) \
+  switch (C) {                                    \
+    case 8: CALL_CONST(8); break;                 \
+    case 16: CALL_CONST(16); break;               \
+    case 32: CALL_CONST(32); break;               \
+    default: CALL_ANY; break;                     \
   }
 
 SD_CPU_CLONES void stats_rows(const float* x, const float* shift, int64_t C, int64_t r0, int64_t r1, float* s1,
                               float* s2) {
-#define SD_VEC(NV) stats_vec<NV>(x, shift, C, r0, r1, s1, s2)
+#define SD_VEC(CC) stats_any<float>(x, shift, CC, r0, r1, s1, s2)
   SD_DISPATCH_VECS(C, SD_VEC, stats_any(x, shift, C, r0, r1, s1, s2))
 #undef SD_VEC
 }
 
 SD_CPU_CLONES void out_rows(const float* x, const float* res, const float* scale, const float* shift, int64_t C,
                             int64_t r0, int64_t r1, float* out, bool relu) {
-#define SD_VEC(NV) out_vec<NV>(x, res, scale, shift, C, r0, r1, out, relu)
+#define SD_VEC(CC) out_any<float>(x, res, scale, shift, CC, r0, r1, out, relu)
   SD_DISPATCH_VECS(C, SD_VEC, out_any(x, res, scale, shift, C, r0, r1, out, relu))
 #undef SD_VEC
 }
 
 SD_CPU_CLONES void grad_sums_rows(const float* dy, const float* y, const float* x, const float* mean, int64_t C,
                                   int64_t r0, int64_t r1, float* sg, float* sgx, bool relu) {
-#define SD_VEC(NV) grad_sums_vec<NV>(dy, y, x, mean, C, r0, r1, sg, sgx, relu)
+#define SD_VEC(CC) grad_sums_any<float>(dy, y, x, mean, CC, r0, r1, sg, sgx, relu)
   SD_DISPATCH_VECS(C, SD_VEC, grad_sums_any(dy, y, x, mean, C, r0, r1, sg, sgx, relu))
 #undef SD_VEC
 }
@@ -214,7 +132,7 @@ SD_CPU_CLONES void grad_sums_rows(const float* dy, const float* y, const float* 
 SD_CPU_CLONES void grad_input_rows(const float* dy, const float* y, const float* x, const float* mean, const float* s,
                                    const float* c1, const float* c0, int64_t C, int64_t r0, int64_t r1, float* dx,
                                    float* dres, bool relu) {
-#define SD_VEC(NV) grad_input_vec<NV>(dy, y, x, mean, s, c1, c0, C, r0, r1, dx, dres, relu)
+#define SD_VEC(CC) grad_input_any<float>(dy, y, x, mean, s, c1, c0, CC, r0, r1, dx, dres, relu)
   SD_DISPATCH_VECS(C, SD_VEC, grad_input_any(dy, y, x, mean, s, c1, c0, C, r0, r1, dx, dres, relu))
 #undef SD_VEC
 }
