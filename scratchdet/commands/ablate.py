@@ -41,7 +41,7 @@ def register(sub):
     p.add_argument("--lrs", help="comma-separated learning rates (default: 0.001,0.01,0.05 for bn-lr, 0.05 for stem)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; several give mean ± std per cell")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers per run")
+    p.add_argument("--workers", type=int, default=-1, help="DataLoader workers per run (default -1: auto)")
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="skip finished runs, continue the interrupted one")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

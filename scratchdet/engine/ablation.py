@@ -110,7 +110,7 @@ class Ablation:
 
     def __init__(self, kind: str, out: str, data: str | None = None, budget_iters: int = 300,
                  model: str | None = None, settings: str | None = None, lrs: str | None = None,
-                 seeds: str | None = None, batch_size: int = 32, workers: int = 2, device: str | None = None,
+                 seeds: str | None = None, batch_size: int = 32, workers: int = -1, device: str | None = None,
                  resume: bool = False, log=print, train_overrides: dict | None = None):
         if kind not in ("bn-lr", "stem"):
             raise AblationError(f"unknown ablation {kind!r}; expected 'bn-lr' or 'stem'")

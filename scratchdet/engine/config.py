@@ -46,7 +46,7 @@ class TrainConfig:
     cache_max_mb: int = 2048             # ... this many MB
     # bookkeeping
     seed: int = 0
-    workers: int = 2
+    workers: int = -1                    # DataLoader workers; -1: auto (Trainer.loader_workers)
     log_every: int = 10
     eval_every: int = 0                  # iterations; 0: only at the end
     ckpt_every: int = 1000
@@ -81,7 +81,7 @@ PRESETS: dict[str, dict] = {
     # objects to 2 px.
     "demo": dict(model="root_resnet_demo", dataset="synth", batch_size=32, lr=0.05, warmup_iters=100,
                  augment={"expand_prob": 0.3, "max_expand": 2.0, "min_crop": 0.5},
-                 schedule="cosine", max_iters=800, eval_every=400, ckpt_every=400, workers=2),
+                 schedule="cosine", max_iters=800, eval_every=400, ckpt_every=400),
 }
 
 
@@ -145,6 +145,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"schedule must be 'multistep' or 'cosine', got {cfg.schedule!r}")
     if cfg.dataset not in ("voc", "coco", "yolo", "synth"):
         raise ValueError(f"dataset must be 'voc', 'coco', 'yolo' or 'synth', got {cfg.dataset!r}")
+    if cfg.workers < -1:
+        raise ValueError(f"workers must be >= 0, or -1 for auto, got {cfg.workers}")
     if cfg.keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {cfg.keep_last}")
     from ..models.registry import resolve_config

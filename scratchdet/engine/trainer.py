@@ -58,8 +58,9 @@ class Trainer:
         from ..models.layers import use_fused_batch_norm
 
         use_fused_batch_norm(self.model, cfg.fast_kernels)     # off: the stock BatchNorm / add / ReLU ops
-        if cfg.fast_kernels and cfg.cache_images and hasattr(train_set, "cache_images"):
-            train_set.cache_images(int(cfg.cache_max_mb) << 20)
+        cached = bool(cfg.fast_kernels and cfg.cache_images and hasattr(train_set, "cache_images")
+                      and train_set.cache_images(int(cfg.cache_max_mb) << 20))
+        self.workers = self.loader_workers(cfg, cached)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self._check_sync_batch_norm()
@@ -94,6 +95,19 @@ class Trainer:
             raise ValueError("norm 'syncbn' synchronises BatchNorm statistics over GPUs under DDP; this run is "
                              f"on {self.device.type} (gloo), where torch cannot: use norm 'bn' (per-process "
                              "statistics, averaged before checkpoints and evaluation) or 'gn'")
+
+    @staticmethod
+    def loader_workers(cfg: TrainConfig, cached: bool) -> int:
+        """``cfg.workers``, or for -1 (auto): with the images decoded in memory on a machine of at most
+        two cores, none (loading in the training process: the augmentation is cheap, and workers
+        would take cores from the step; benchmarks/RESULTS.md, "training loader"); else half the
+        cores, at most 8; the stock path keeps its 2."""
+        if cfg.workers >= 0:
+            return cfg.workers
+        if not cfg.fast_kernels:
+            return 2
+        cores = os.cpu_count() or 1
+        return 0 if cached and cores <= 2 else min(8, max(1, cores // 2))
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -185,7 +199,7 @@ class Trainer:
         self._sync_buffers()
         if self.dist.is_main and self.val_set is not None:
             result = evaluate_model(self.model, self.val_set, batch_size=self.cfg.batch_size, device=self.device,
-                                    max_images=self.cfg.eval_max_images, workers=self.cfg.workers,
+                                    max_images=self.cfg.eval_max_images, workers=self.workers,
                                     memory_format=self.memory_format)
             self.history_map.append((self.iteration, result["map"]))
             record = {"iter": self.iteration, "map": result["map"], "eval": True}
@@ -218,13 +232,13 @@ class Trainer:
         if self.cfg.fast_kernels:           # one loader; its persistent workers live across epochs
             if self._persistent_loader is None:
                 self._persistent_loader = DataLoader(
-                    self.train_set, batch_sampler=self.sampler, num_workers=self.cfg.workers,
+                    self.train_set, batch_sampler=self.sampler, num_workers=self.workers,
                     collate_fn=collate_detection, pin_memory=self.device.type == "cuda",
-                    persistent_workers=self.cfg.workers > 0)
+                    persistent_workers=self.workers > 0)
             return self._persistent_loader
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(self.epoch)
-        return DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=self.cfg.workers,
+        return DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=self.workers,
                           collate_fn=collate_detection, pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
 
