@@ -17,7 +17,7 @@ from scratchdet.engine.trainer import Trainer
 from scratchdet.evaluation import coco_eval, detections_to_coco, small_object_map
 from test_datasets import ann, make_voc, obj
 
-TINY = ["--set", 'model_overrides={"width": 4}', "--batch-size", "4", "--workers", "0"]
+TINY = ["--set", 'model_overrides={"width": 4}', "--batch-size", "4"]   # --workers: the default, auto
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,9 @@ def test_a_killed_ablation_resumes_to_the_same_table(tiny_data, tmp_path, monkey
     assert "finished earlier" in seen[0] and "finished earlier" not in seen[1]
     assert resumed["table"] == reference["table"]
     assert [r["map"] for r in resumed["runs"]] == [r["map"] for r in reference["runs"]]
+    # resuming with another budget would mix two grids in one table: refused, naming the fix
+    with pytest.raises(AblationError, match="trained for 4 iterations, not 6: resume with --budget-iters 4"):
+        Ablation("bn-lr", str(tmp_path / "run"), resume=True, **{**common, "budget_iters": 6}).run()
 
 
 def test_stem_study_reports_small_object_metrics(tiny_data, tmp_path):

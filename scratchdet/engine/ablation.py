@@ -188,15 +188,15 @@ class Ablation:
         if summary.get("interrupted"):
             raise KeyboardInterrupt
         result.update(status="done", train_seconds=round(time.perf_counter() - start, 1))
-        result.update(self._evaluate(trainer.model, val_set, data_root))
+        result.update(self._evaluate(trainer.model, val_set, data_root, trainer.workers))
         return result
 
-    def _evaluate(self, model, val_set, data_root: str) -> dict:
+    def _evaluate(self, model, val_set, data_root: str, workers: int) -> dict:
         from ..evaluation import coco_eval, detections_to_coco, small_object_map
         from .evaluate import evaluate_model, pixel_inclusive
 
         r = evaluate_model(model, val_set, batch_size=self.batch_size, device=model.priors.device,
-                           workers=self.workers)
+                           workers=workers)                     # the trainer's resolved count (-1 is auto)
         out = {"map": r["map"], "ap": {val_set.classes[int(k) - 1]: v for k, v in r["ap"].items()}}
         if self.kind != "stem":
             return out
@@ -245,7 +245,12 @@ class Ablation:
             path = os.path.join(self._run_dir(spec), "result.json")
             if self.resume and os.path.isfile(path):
                 with open(path, encoding="utf-8") as f:
-                    results.append(json.load(f))
+                    earlier = json.load(f)
+                if earlier.get("iterations") != self.budget_iters:   # a finished run of another grid
+                    raise AblationError(f"{path} was trained for {earlier.get('iterations')} iterations, not "
+                                        f"{self.budget_iters}: resume with --budget-iters "
+                                        f"{earlier.get('iterations')}, or choose another --out")
+                results.append(earlier)
                 self.log(f"[{i}/{todo}] {spec.setting.label}, lr {spec.lr:g}, seed {spec.seed}: finished earlier")
                 continue
             left = (todo - i + 1) * self.budget_iters
