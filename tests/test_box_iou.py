@@ -1,12 +1,10 @@
 import pytest
 import torch
 import torchvision
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import scratchdet
 from scratchdet.ops import reference
-from helpers import DEVICES, non_contiguous, random_boxes
+from helpers import DEVICES, non_contiguous, random_boxes, given, settings, st
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -76,6 +74,16 @@ def test_non_contiguous_inputs(device):
     a, b = random_boxes(17, g, device=device), random_boxes(9, g, device=device)
     torch.testing.assert_close(scratchdet.ops.box_iou(non_contiguous(a), b.t().contiguous().t()),
                                reference.box_iou(a, b), rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_more_rows_than_one_grid_column():
+    """600k rows: more than gridDim.y (65535) * 8 rows per block, so the kernel's row loop wraps."""
+    g = torch.Generator().manual_seed(4)
+    a, b = random_boxes(600_000, g, device="cuda"), random_boxes(3, g, device="cuda")
+    ours = scratchdet.ops.box_iou(a, b)
+    assert ours.shape == (600_000, 3)
+    torch.testing.assert_close(ours, reference.box_iou(a, b), rtol=0, atol=0)
 
 
 def test_large_inputs_parallel_path():

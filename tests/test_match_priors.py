@@ -2,12 +2,10 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import scratchdet
 from scratchdet.ops import reference
-from helpers import DEVICES, non_contiguous, random_boxes
+from helpers import DEVICES, non_contiguous, random_boxes, given, settings, st
 from ssd300_priors import ssd300_priors
 
 op = torch.ops.scratchdet.match_priors
