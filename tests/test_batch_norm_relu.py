@@ -226,6 +226,7 @@ def test_a_checkpoint_loads_into_either_path(tmp_path):
 
 # CUDA: ATen's batch norm sums in another order than the reference's float64 (and than the CPU
 # kernel), so the op is compared with tolerances, as on the CPU; TF32 plays no part (no conv).
+@pytest.mark.sanitize
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("relu,residual,affine", [(True, True, True), (True, False, True), (False, True, False),

@@ -77,6 +77,7 @@ def test_matches_torchvision_and_reference(device, dtype, n, ties):
             assert torch.equal(ours, tv), f"n={n} thr={thr}"
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_many_random_cases(device):
     g = torch.Generator().manual_seed(1)
@@ -94,6 +95,7 @@ def test_many_random_cases(device):
 
 # 50k boxes (200k coordinates): above the size switch on CPU (4000) and on CUDA (100 000), so
 # this is the per-class branch on both devices. Distinct scores, so torchvision's order is ours.
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_large_input_per_class_branch(device, dtype):
@@ -113,6 +115,7 @@ def test_large_input_per_class_branch(device, dtype):
 # which is > 0.3 in float64 (torchvision's CPU test), so the second box goes; torchvision's CUDA
 # test (float)0.3 > (float)0.3 would keep it. In float64 the IoU is the double 0.3: not > 0.3, kept;
 # in fp16 it rounds up to 0.30005: removed.
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype,expected", [(torch.float32, [0]), (torch.float64, [0, 1]), (torch.float16, [0])])
 def test_iou_exactly_at_the_threshold(device, dtype, expected):
@@ -144,6 +147,7 @@ def test_reference_nms_equals_torchvision_on_cpu():
         assert torch.equal(ours, torchvision.ops.nms(boxes, scores, thr)), f"case {case}"
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_reference_nms_is_stable_and_nan_first(device):
     boxes = torch.tensor([[0.0, 0, 1, 1], [2, 2, 3, 3], [0, 0, 1, 1], [4, 4, 5, 5], [2, 2, 3, 3]], device=device)

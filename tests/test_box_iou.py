@@ -38,6 +38,7 @@ def test_matches_reference_property(n, m, seed, degenerate):
     assert ((ours >= 0) & (ours <= 1)).all()
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_half_and_bfloat16(device):
     g = torch.Generator().manual_seed(1)
@@ -51,6 +52,7 @@ def test_half_and_bfloat16(device):
         torch.testing.assert_close(out.float(), exact, rtol=0, atol=4e-3)
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty_inputs(device):
     e = torch.zeros(0, 4, device=device)
@@ -68,6 +70,7 @@ def test_known_values_identical_disjoint_and_zero_area():
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs(device):
     g = torch.Generator().manual_seed(2)

@@ -91,6 +91,7 @@ def test_ssd300_size_flat_logits():
     assert int(ours[3]) == 200
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_clipping(device):
     g = torch.Generator().manual_seed(14)
@@ -105,6 +106,7 @@ def test_clipping(device):
             assert ((ours[0] < 0) | (ours[0] > 1)).any()
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs(device):
     g = torch.Generator().manual_seed(15)
@@ -114,6 +116,7 @@ def test_non_contiguous_inputs(device):
     assert_same_detections(ours, reference.detect(loc, logits, priors))
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_finite_logits_and_boxes_never_give_nan(device):
     g = torch.Generator().manual_seed(16)
@@ -130,6 +133,7 @@ def test_non_finite_logits_and_boxes_never_give_nan(device):
             assert torch.isfinite(ours[0]).all() and torch.isfinite(ours[1]).all()
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_float64_and_half_inputs(device):
     g = torch.Generator().manual_seed(17)
@@ -266,6 +270,7 @@ def test_separated_inputs_are_separated():
         assert ((s[:-1] - s[1:]) >= 1e-4).all()
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty_batch_and_no_priors(device):
     """The B == 0 and P == 0 early returns (on CUDA: before any kernel launch)."""
