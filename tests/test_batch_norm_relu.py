@@ -6,14 +6,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
 
 import scratchdet
 from scratchdet.models.bn_relu import BNReLU2d
 from scratchdet.models.layers import use_fused_batch_norm
 from scratchdet.ops import batch_norm_relu, batch_norm_relu_backward, reference
 from scratchdet.ops._extension import has_op
-from helpers import DEVICES
+from helpers import DEVICES, given, settings, st
 
 needs_kernel = pytest.mark.skipif(not has_op("batch_norm_relu"), reason="the extension is not built")
 
@@ -225,9 +224,36 @@ def test_a_checkpoint_loads_into_either_path(tmp_path):
     nn.BatchNorm2d(8).load_state_dict({k[len(prefix):]: v for k, v in plain.items() if k.startswith(prefix)})
 
 
+# CUDA: ATen's batch norm sums in another order than the reference's float64 (and than the CPU
+# kernel), so the op is compared with tolerances, as on the CPU; TF32 plays no part (no conv).
+@pytest.mark.sanitize
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("relu,residual,affine", [(True, True, True), (True, False, True), (False, True, False),
+                                                  (False, False, True)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_cuda_forward_and_backward_equal_the_reference(dtype, relu, residual, affine, channels_last):
+    x, wt, b, r = make((4, 12, 9, 7), dtype=dtype, device="cuda", channels_last=channels_last, residual=residual)
+    wt, b = (wt, b) if affine else (None, None)
+    out, mean, invstd = batch_norm_relu(x, wt, b, r, 1e-5, relu)
+    ref_out, ref_mean, ref_invstd = reference.batch_norm_relu(x, wt, b, r, 1e-5, relu)
+    # fp16: the output rounds to half (2^-11 relative) after ATen's float math; statistics in float
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    close(out, ref_out, tol), close(mean, ref_mean, 1e-6, scale=float(x.abs().max())), close(invstd, ref_invstd, 1e-5)
+    gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(dtype=dtype, device="cuda")
+    got = batch_norm_relu_backward(gy, out, x, wt, mean, invstd, relu, residual)
+    want = reference.batch_norm_relu_backward(gy, out, x, wt, mean, invstd, relu, residual)
+    w_scale = float((invstd * (wt.float() if wt is not None else 1)).abs().max())
+    gtol = 1e-5 if dtype == torch.float32 else 4e-3
+    close(got[0], want[0], gtol, scale=w_scale * float(gy.abs().max()))
+    for a, e in zip(got[1:], want[1:]):
+        close(a, e, gtol, scale=float(gy.float().abs().sum() / x.shape[1]))
+    assert got[3].numel() == (x.numel() if residual else 0)
+
+
+@pytest.mark.cuda
+@pytest.mark.usefixtures("no_tf32")
 def test_cuda_module_trains_like_batch_norm_and_relu():
-    torch.backends.cudnn.allow_tf32 = False
     stock, fused = stock_pair(16)
     stock, fused = stock.cuda(), fused.cuda()
     x, _, _, r = make((4, 16, 9, 7), device="cuda")

@@ -1,12 +1,10 @@
 import pytest
 import torch
 import torchvision
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import scratchdet
 from scratchdet.ops import reference
-from helpers import DEVICES, non_contiguous, random_boxes
+from helpers import DEVICES, non_contiguous, random_boxes, given, settings, st
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -40,6 +38,7 @@ def test_matches_reference_property(n, m, seed, degenerate):
     assert ((ours >= 0) & (ours <= 1)).all()
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_half_and_bfloat16(device):
     g = torch.Generator().manual_seed(1)
@@ -53,6 +52,7 @@ def test_half_and_bfloat16(device):
         torch.testing.assert_close(out.float(), exact, rtol=0, atol=4e-3)
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty_inputs(device):
     e = torch.zeros(0, 4, device=device)
@@ -70,12 +70,23 @@ def test_known_values_identical_disjoint_and_zero_area():
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs(device):
     g = torch.Generator().manual_seed(2)
     a, b = random_boxes(17, g, device=device), random_boxes(9, g, device=device)
     torch.testing.assert_close(scratchdet.ops.box_iou(non_contiguous(a), b.t().contiguous().t()),
                                reference.box_iou(a, b), rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_more_rows_than_one_grid_column():
+    """600k rows: more than gridDim.y (65535) * 8 rows per block, so the kernel's row loop wraps."""
+    g = torch.Generator().manual_seed(4)
+    a, b = random_boxes(600_000, g, device="cuda"), random_boxes(3, g, device="cuda")
+    ours = scratchdet.ops.box_iou(a, b)
+    assert ours.shape == (600_000, 3)
+    torch.testing.assert_close(ours, reference.box_iou(a, b), rtol=0, atol=0)
 
 
 def test_large_inputs_parallel_path():

@@ -1,12 +1,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import scratchdet
 from scratchdet.ops import reference
-from helpers import DEVICES
+from helpers import DEVICES, given, settings, st
+
+# fp32 comparisons on CUDA need full fp32 convolutions: cuDNN's default TF32 (Ampere and later)
+# alone is ~1e-3 off, and the op's conv (no bias) and eager's may pick different algorithms.
+pytestmark = pytest.mark.usefixtures("no_tf32")
 
 CL = torch.channels_last
 # Configs: (N, C_in, C_out, H, W, k, stride, padding, dilation, groups)
@@ -183,6 +185,7 @@ def test_wrong_device_gives_clear_error():
             scratchdet.ops.conv_bn_act(*args, **kw)
 
 
+@pytest.mark.sanitize
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_unaligned_and_odd_sizes(dtype):
@@ -193,6 +196,28 @@ def test_cuda_unaligned_and_odd_sizes(dtype):
     out = scratchdet.ops.conv_bn_act(x, w, b, r_off, relu=True, **kw)
     torch.testing.assert_close(out, eager(x, w, b, r, kw, True), rtol=2e-3 if dtype == torch.float16 else 1.6e-2,
                                atol=2e-3 if dtype == torch.float16 else 1.6e-2)
+
+
+@pytest.mark.sanitize
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,vec", [(torch.float32, 4), (torch.float16, 8), (torch.float64, 2)])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, CL], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("use_bias,use_res,relu", [(1, 1, 1), (1, 0, 0), (0, 1, 1)])
+def test_cuda_vector_body_and_scalar_tail(dtype, vec, memory_format, use_bias, use_res, relu):
+    # Aligned tensors whose element count is not a multiple of the vector width (16 bytes): the
+    # packs, then a scalar tail of numel % vec elements, whose channels must continue the packs'.
+    cfg = (1, 3, 5, 7, 7, 3, 1, 1, 1, 1)              # output 1 x 5 x 7 x 7 = 245 elements
+    x, w, b, r, kw = make(cfg, dtype=dtype, device="cuda", memory_format=memory_format)
+    assert r.numel() % vec and r.data_ptr() % 16 == 0
+    b, r = (b if use_bias else None), (r if use_res else None)
+    out = scratchdet.ops.conv_bn_act(x, w, b, r, relu=bool(relu), **kw)
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.float64: 1e-12}[dtype]
+    torch.testing.assert_close(out, eager(x, w, b, r, kw, relu), rtol=tol, atol=tol)
+    for n in range(1, 2 * vec + 2):                    # fewer elements than one pack, and around it
+        x1, w1, b1, r1, kw1 = make((1, 1, 1, 1, n, 1, 1, 0, 1, 1), dtype=dtype, device="cuda")
+        b1, r1 = (b1 if use_bias else None), (r1 if use_res else None)
+        got = scratchdet.ops.conv_bn_act(x1, w1, b1, r1, relu=bool(relu), **kw1)
+        torch.testing.assert_close(got, eager(x1, w1, b1, r1, kw1, relu), rtol=tol, atol=tol)
 
 
 def test_fold_batch_norm_matches_conv_then_bn():

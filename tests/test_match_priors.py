@@ -2,12 +2,10 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import scratchdet
 from scratchdet.ops import reference
-from helpers import DEVICES, non_contiguous, random_boxes
+from helpers import DEVICES, non_contiguous, random_boxes, given, settings, st
 from ssd300_priors import ssd300_priors
 
 op = torch.ops.scratchdet.match_priors
@@ -168,6 +166,7 @@ def test_best_prior_tie_goes_to_the_lowest_prior_index(device):
     assert conf[0, 0] == 1 and (conf[0, 1:] == 0).all() and iou[0, 0] == 0
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_iou_exactly_at_threshold_is_foreground(device, dtype):
@@ -183,6 +182,7 @@ def test_iou_exactly_at_threshold_is_foreground(device, dtype):
     assert conf[0, 4] == 0 and conf[0, 0] == 6
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_padding_anywhere_and_empty_images(device):
     g = torch.Generator().manual_seed(7)
@@ -195,6 +195,7 @@ def test_padding_anywhere_and_empty_images(device):
     assert (conf[1] == 0).all() and (loc[1] == 0).all() and (iou[1] == 0).all()
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty_shapes(device):
     g = torch.Generator().manual_seed(8)
@@ -206,6 +207,7 @@ def test_empty_shapes(device):
         assert (conf == 0).all() and (loc == 0).all()
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_inputs(device):
     g = torch.Generator().manual_seed(9)

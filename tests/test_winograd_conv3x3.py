@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from scratchdet import ops
 from scratchdet.models import build_model
 from scratchdet.models.conv_backends import use_winograd
 from scratchdet.models.fuse import FusedConvAct, fuse
 from scratchdet.ops import reference
-from helpers import non_contiguous
+from helpers import non_contiguous, given, settings, st
 
 CL = torch.channels_last
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import torch
 from ._checks import (ANY_SIZE, check_bias_and_residual, check_floating, check_same_device, check_same_dtype,
                       check_shape, fmt_float, fmt_floats)
 
-__all__ = ["box_iou", "point_form", "encode", "decode", "match_priors", "batched_nms", "detect",
+__all__ = ["box_iou", "point_form", "encode", "decode", "match_priors", "nms", "batched_nms", "detect",
            "check_box_iou_args", "check_match_priors_args", "check_match_priors_data", "check_batched_nms_args",
            "check_detect_args"]
 
@@ -179,35 +179,58 @@ def match_priors(priors: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.
 TORCHVISION_VANILLA_NUMEL = {"cpu": 4000, "cuda": 100_000}
 
 
-def _greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """torchvision's greedy NMS, written out: indices kept, by decreasing score.
+_NMS_BLOCK = 512  # candidates per step of nms(): bounds the IoU matrix, not the result
 
-    Stable descending sort (NaN first, ties by lower index); the arithmetic is
-    torchvision's, op for op, in the boxes' dtype (std::max/min argument order
-    kept, so NaN coordinates behave alike), and "IoU > threshold" compares the
-    IoU widened to float64 with the threshold as a float64.
+
+def _nms_overlap(a: torch.Tensor, area_a: torch.Tensor, b: torch.Tensor, area_b: torch.Tensor) -> torch.Tensor:
+    """IoU of each kept box ``a [k, 4]`` (the higher-scoring one) with each later box ``b [m, 4]``,
+    ``[k, m]``, op for op as torchvision's CPU nms_kernel in the boxes' dtype: std::max / std::min
+    with their argument order (so NaN coordinates behave alike), then ``inter / (area_a + area_b - inter)``."""
+    a = a[:, None, :]
+    zero = torch.zeros((), dtype=b.dtype)
+    xx1 = torch.where(a[..., 0] < b[:, 0], b[:, 0], a[..., 0])   # std::max(ix1, x1[j])
+    yy1 = torch.where(a[..., 1] < b[:, 1], b[:, 1], a[..., 1])
+    xx2 = torch.where(b[:, 2] < a[..., 2], b[:, 2], a[..., 2])   # std::min(ix2, x2[j])
+    yy2 = torch.where(b[:, 3] < a[..., 3], b[:, 3], a[..., 3])
+    w = torch.where(zero < xx2 - xx1, xx2 - xx1, zero)           # std::max(0, xx2 - xx1)
+    h = torch.where(zero < yy2 - yy1, yy2 - yy1, zero)
+    inter = w * h
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy NMS with torchvision's CPU semantics, on every device: the kept indices (int64, on the
+    boxes' device) by decreasing score.
+
+    Boxes are visited in ``torch.sort(scores, descending=True, stable=True)`` order (NaN first,
+    equal scores by lower index); a box is removed when its IoU with a kept box, computed as
+    torchvision's CPU kernel does in the boxes' dtype (fp16 rounds every step), widened to float64
+    is ``> iou_threshold``. It runs on the host whatever the input's device, so the answer never
+    depends on a device's sort (torchvision's CUDA nms sorts with an unstable sort, a bitonic one
+    up to 32 elements) or arithmetic (its CUDA IoU is in float for fp16 and is compared with
+    ``(float)iou_threshold``). Equals ``torchvision.ops.nms`` on the CPU wherever no two scores tie.
     """
-    order = torch.sort(scores, descending=True, stable=True).indices
-    b = boxes[order]
+    check_shape(boxes, 2, 4, "nms", "boxes", "[N, 4]")
+    check_shape(scores, 1, ANY_SIZE, "nms", "scores", "[N]")
+    device = boxes.device
+    order = torch.sort(scores.cpu(), descending=True, stable=True).indices
+    b = boxes.cpu()[order]
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    suppressed = torch.zeros(len(order), dtype=torch.bool, device=boxes.device)
-    zero = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
-    keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        r = b[i + 1:]
-        xx1 = torch.where(b[i, 0] < r[:, 0], r[:, 0], b[i, 0])   # std::max(ix1, x1[j])
-        yy1 = torch.where(b[i, 1] < r[:, 1], r[:, 1], b[i, 1])
-        xx2 = torch.where(r[:, 2] < b[i, 2], r[:, 2], b[i, 2])   # std::min(ix2, x2[j])
-        yy2 = torch.where(r[:, 3] < b[i, 3], r[:, 3], b[i, 3])
-        w = torch.where(zero < xx2 - xx1, xx2 - xx1, zero)
-        h = torch.where(zero < yy2 - yy1, yy2 - yy1, zero)
-        inter = w * h
-        overlap = inter / (area[i] + area[i + 1:] - inter)
-        suppressed[i + 1:] |= overlap.double() > iou_threshold
-    return order[torch.tensor(keep, dtype=torch.int64, device=boxes.device)]
+    kept: list[int] = []                       # positions in `order`
+    for start in range(0, len(order), _NMS_BLOCK):
+        blk, blk_area = b[start:start + _NMS_BLOCK], area[start:start + _NMS_BLOCK]
+        alive = torch.ones(len(blk), dtype=torch.bool)
+        if kept:                               # against the boxes kept in earlier blocks
+            k = torch.tensor(kept)
+            alive &= ~(_nms_overlap(b[k], area[k], blk, blk_area).double() > iou_threshold).any(0)
+        # inside the block, in order: row i holds the later boxes box i would remove
+        removes = torch.triu(_nms_overlap(blk, blk_area, blk, blk_area).double() > iou_threshold, 1).numpy()
+        alive = alive.numpy()
+        for i in range(len(blk)):
+            if alive[i]:
+                kept.append(start + i)
+                alive &= ~removes[i]
+    return order[torch.tensor(kept, dtype=torch.int64)].to(device)
 
 
 # The dtypes C++'s isIntegralType(t, includeBool=false) accepts.
@@ -235,28 +258,32 @@ def check_batched_nms_args(boxes, scores, idxs, iou_threshold) -> None:
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Per-class greedy NMS with exactly torchvision.ops.batched_nms's result.
+    """Per-class greedy NMS: torchvision.ops.batched_nms with torchvision's CPU semantics on every device.
 
-    Boxes of different ``idxs`` never suppress each other; a box is removed
-    when its IoU with a kept, higher-scoring box of its class is
-    > ``iou_threshold``. Returns the kept indices (int64) by decreasing score.
-    Equal scores: by increasing index up to 1000 boxes (4000 numel on CPU,
-    100k on CUDA); above, torchvision orders the kept indices with an unstable
-    ``torch.sort`` and so does this. Computed in the boxes' dtype, as
-    torchvision does (fp16/fp32/fp64).
+    Boxes of different ``idxs`` never suppress each other; a box is removed when its IoU with a
+    kept, higher-scoring box of its class is > ``iou_threshold``. Returns the kept indices (int64)
+    by decreasing score. As torchvision: one NMS over class-offset boxes up to 4000 box
+    coordinates (numel) on CPU and 100 000 on CUDA, one NMS per class above (the offsets round the
+    coordinates, so the switch is part of the answer). Each NMS is :func:`nms`: stable score order
+    (equal scores by increasing index), torchvision's CPU IoU in the boxes' dtype (fp16 rounds
+    every step) and ``float64(iou) > iou_threshold`` -- also on CUDA, where torchvision itself
+    differs (IoU in float for fp16, compared with ``(float)iou_threshold``, unstable sort up to 32
+    boxes). Above the switch the kept indices are ordered as torchvision orders them, by an
+    unstable ``torch.sort`` of their scores on the input's device, so equal scores there come in
+    that device's sort order.
     """
     check_batched_nms_args(boxes, scores, idxs, iou_threshold)
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     if boxes.numel() <= TORCHVISION_VANILLA_NUMEL.get(boxes.device.type, 100_000):
         offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
-        return _greedy_nms(boxes + offsets[:, None], scores, iou_threshold)
+        return nms(boxes + offsets[:, None], scores, iou_threshold)
     keep_mask = torch.zeros_like(scores, dtype=torch.bool)
     for c in torch.unique(idxs):
         members = torch.where(idxs == c)[0]
-        keep_mask[members[_greedy_nms(boxes[members], scores[members], iou_threshold)]] = True
+        keep_mask[members[nms(boxes[members], scores[members], iou_threshold)]] = True
     kept = torch.where(keep_mask)[0]
-    # Not stable, as in torchvision: equal scores come in torch.sort's order.
+    # Not stable, as in torchvision: equal scores come in torch.sort's order on this device.
     return kept[torch.sort(scores[kept], descending=True).indices]
 
 
@@ -286,7 +313,7 @@ def check_detect_args(loc, logits, priors, variances, score_threshold, nms_thres
 def detect(loc: torch.Tensor, logits: torch.Tensor, priors: torch.Tensor, variances=(0.1, 0.2),
            score_threshold: float = 0.01, nms_threshold: float = 0.45, top_k: int = 400,
            keep_top_k: int = 200, clip: bool = True):
-    """SSD detection output, per image and per class, over torchvision's NMS.
+    """SSD detection output, per image and per class, over :func:`nms`.
 
     Returns ``boxes [B, K, 4]``, ``scores [B, K]``, ``labels [B, K]`` (int64),
     ``num_detections [B]`` (int64), K = keep_top_k, padded with score 0 and
@@ -297,13 +324,13 @@ def detect(loc: torch.Tensor, logits: torch.Tensor, priors: torch.Tensor, varian
     (and clipped) box is not finite, yields no detection, whatever the
     threshold, so NaN/inf never reach the output.
 
-    NMS runs per class with ``torchvision.ops.nms`` on the decoded boxes (what
-    ``batched_nms`` does above 1000 boxes). ``batched_nms`` on fewer boxes
-    shifts them by class first, which rounds coordinates and can move an IoU
-    sitting on the threshold, so the spec does not depend on that size switch.
+    NMS runs per class with :func:`nms` on the decoded boxes (torchvision's CPU
+    NMS with a stable order, on every device: among equal scores the lower prior
+    is kept), not with ``batched_nms``, whose class offsets round coordinates and
+    can move an IoU sitting on the threshold. The softmax and exp come from ATen
+    on the input's device, as in the kernels.
     """
     check_detect_args(loc, logits, priors, variances, score_threshold, nms_threshold, top_k, keep_top_k)
-    import torchvision  # the reference is written over torchvision's NMS on purpose
 
     dtype = torch.promote_types(torch.promote_types(loc.dtype, priors.dtype), torch.float32)
     B, P, C = logits.shape
@@ -325,7 +352,7 @@ def detect(loc: torch.Tensor, logits: torch.Tensor, priors: torch.Tensor, varian
             s = scores[b, :, c]
             idx = ((s > score_threshold) & finite[b]).nonzero().squeeze(1)
             order = torch.sort(s[idx], descending=True, stable=True).indices[:top_k]
-            keep = torchvision.ops.nms(boxes[b, idx[order]], s[idx[order]], nms_threshold)
+            keep = nms(boxes[b, idx[order]], s[idx[order]], nms_threshold)
             cand_prior.append(idx[order][keep])
             cand_class.append(torch.full((keep.numel(),), c, dtype=torch.int64, device=device))
         prior_idx, cls = torch.cat(cand_prior), torch.cat(cand_class)

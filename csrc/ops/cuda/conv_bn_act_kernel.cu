@@ -1,5 +1,6 @@
 // CUDA: cuDNN convolution without bias (ATen would add it in a separate pass), then one fused
-// epilogue kernel: + per-channel bias + residual, ReLU, in place, vectorised to 16-byte accesses.
+// epilogue kernel: + per-channel bias + residual, ReLU, in place, vectorised to 16-byte accesses
+// (with a scalar tail for sizes that are not a multiple of the vector width).
 // No host synchronisation, so the op can be captured in a CUDA graph.
 //
 // cuDNN's own fused conv-bias-add-ReLU (at::cudnn_convolution_add_relu) was not adopted: it
@@ -10,6 +11,9 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
 
 #include "../conv_bn_act.h"
 
@@ -23,16 +27,30 @@ struct alignas(sizeof(scalar_t) * kVec) Pack {
   scalar_t v[kVec];
 };
 
+// One element of the epilogue in acc_t: + bias (rounded to scalar_t after it, as the unfused
+// conv with bias would), + residual, ReLU (NaN stays NaN, like torch.relu).
+template <typename scalar_t, bool kBias, bool kResidual, bool kRelu, typename acc_t = at::opmath_type<scalar_t>>
+__device__ __forceinline__ scalar_t epilogue_one(scalar_t v, const scalar_t* bias, int64_t c, scalar_t r) {
+  acc_t x = static_cast<acc_t>(v);
+  if constexpr (kBias) x = static_cast<acc_t>(static_cast<scalar_t>(x + static_cast<acc_t>(bias[c])));
+  if constexpr (kResidual) x += static_cast<acc_t>(r);
+  if constexpr (kRelu) x = x < acc_t(0) ? acc_t(0) : x;
+  return static_cast<scalar_t>(x);
+}
+
 // Element i's channel: (i / inner) % channels, with inner = H*W for NCHW and 1 for
-// channels_last. Each thread handles kVec consecutive elements per step.
+// channels_last. The body takes kVec consecutive elements per step (16-byte accesses; packs may
+// straddle channels, so the channel is tracked per element); the n % kVec elements after the
+// last full pack are the scalar tail, one per thread.
 template <typename scalar_t, int kVec, bool kBias, bool kResidual, bool kRelu>
 __global__ void conv_bn_act_epilogue_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ bias,
-                                            const scalar_t* __restrict__ residual, int64_t n_packs,
-                                            int64_t channels, int64_t inner) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                            const scalar_t* __restrict__ residual, int64_t n, int64_t channels,
+                                            int64_t inner) {
   using P = Pack<scalar_t, kVec>;
+  const int64_t n_packs = n / kVec;
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < n_packs; p += step) {
+  for (int64_t p = tid; p < n_packs; p += step) {
     P o = reinterpret_cast<P*>(out)[p];
     P r;
     if constexpr (kResidual) r = reinterpret_cast<const P*>(residual)[p];
@@ -44,31 +62,31 @@ __global__ void conv_bn_act_epilogue_kernel(scalar_t* __restrict__ out, const sc
     }
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      acc_t x = static_cast<acc_t>(o.v[k]);
+      o.v[k] = epilogue_one<scalar_t, kBias, kResidual, kRelu>(o.v[k], bias, c, kResidual ? r.v[k] : scalar_t(0));
       if constexpr (kBias) {
-        // Round after the bias as the unfused conv (+bias) would, then add the residual.
-        x = static_cast<acc_t>(static_cast<scalar_t>(x + static_cast<acc_t>(bias[c])));
         if (++pos == inner) {
           pos = 0;
           if (++c == channels) c = 0;
         }
       }
-      if constexpr (kResidual) x += static_cast<acc_t>(r.v[k]);
-      if constexpr (kRelu) x = x < acc_t(0) ? acc_t(0) : x;  // NaN stays NaN, like torch.relu
-      o.v[k] = static_cast<scalar_t>(x);
     }
     reinterpret_cast<P*>(out)[p] = o;
+  }
+  for (int64_t i = n_packs * kVec + tid; i < n; i += step) {  // the tail (empty when kVec == 1 or n % kVec == 0)
+    const int64_t c = kBias ? (i / inner) % channels : 0;
+    out[i] = epilogue_one<scalar_t, kBias, kResidual, kRelu>(out[i], bias, c, kResidual ? residual[i] : scalar_t(0));
   }
 }
 
 template <typename scalar_t, int kVec, bool kBias, bool kResidual, bool kRelu>
-void launch(scalar_t* out, const scalar_t* bias, const scalar_t* residual, int64_t n_packs,
-            int64_t channels, int64_t inner, cudaStream_t stream) {
-  if (n_packs == 0) return;
+void launch(scalar_t* out, const scalar_t* bias, const scalar_t* residual, int64_t n, int64_t channels,
+            int64_t inner, cudaStream_t stream) {
+  if (n == 0) return;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t blocks = std::min<int64_t>((n_packs + kThreads - 1) / kThreads, int64_t(sms) * 8);
+  const int64_t work = std::max<int64_t>(n / kVec, 1);  // packs (the tail needs at most kVec - 1 threads)
+  const int64_t blocks = std::min<int64_t>((work + kThreads - 1) / kThreads, int64_t(sms) * 8);
   conv_bn_act_epilogue_kernel<scalar_t, kVec, kBias, kResidual, kRelu>
-      <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(out, bias, residual, n_packs, channels, inner);
+      <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(out, bias, residual, n, channels, inner);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -77,10 +95,9 @@ void run_epilogue(scalar_t* out, const scalar_t* bias, const scalar_t* residual,
                   int64_t channels, int64_t inner, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(scalar_t) > 0 ? 16 / sizeof(scalar_t) : 1;
   const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  // Packs may straddle channels: the kernel tracks the channel per element.
-  const bool vec_ok = aligned(out) && (!kResidual || aligned(residual)) && n % kVec == 0;
-  if (vec_ok) {
-    launch<scalar_t, kVec, kBias, kResidual, kRelu>(out, bias, residual, n / kVec, channels, inner, stream);
+  // The packs need 16-byte aligned out and residual; any n works (vector body + scalar tail).
+  if (aligned(out) && (!kResidual || aligned(residual))) {
+    launch<scalar_t, kVec, kBias, kResidual, kRelu>(out, bias, residual, n, channels, inner, stream);
   } else {
     launch<scalar_t, 1, kBias, kResidual, kRelu>(out, bias, residual, n, channels, inner, stream);
   }
