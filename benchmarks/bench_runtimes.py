@@ -5,7 +5,7 @@ classes, 300x300, BatchNorm statistics randomised so folding matters), the same 
 every runtime (torch.get_num_threads()):
 
 - eager:            the unfused model's forward_raw, NCHW fp32
-- fast_network:     FastPredictor's network (fused, channels_last, Winograd + prepacked oneDNN)
+- fast_network:     FastPredictor's network as shipped (fused, channels_last, prepacked oneDNN; Winograd below AVX-512)
 - fast_end_to_end:  FastPredictor(batch): the network + scratchdet.ops.detect
 - onnxruntime:      CPU execution provider, ORT_ENABLE_ALL
 - openvino:         CPU plugin, LATENCY hint, f32 precision hint

@@ -9,7 +9,7 @@ import scratchdet
 from scratchdet.models import BasicBlock, ConvNormAct, build_model, list_models
 from scratchdet.models.fast_inference import FastPredictor
 from scratchdet.models import onednn
-from scratchdet.models.conv_backends import use_onednn_prepack, use_winograd
+from scratchdet.models.conv_backends import use_onednn_prepack, use_winograd, winograd_by_default
 from scratchdet.models.fuse import FusedBasicBlock, FusedConvAct, fuse
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN")
@@ -227,13 +227,22 @@ def test_detections_identical_on_a_briefly_trained_model():
             assert torch.equal(torch.bincount(fast[2][b, :n]), torch.bincount(ref[2][b, :n]))
 
 
+@pytest.mark.parametrize("capability,expected", [("AVX2", True), ("DEFAULT", True), ("AVX512", False)])
+def test_winograd_is_the_default_below_avx512(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert winograd_by_default() is expected
+    model = small("root_resnet_tiny")
+    assert FastPredictor(model, onednn_prepack=False).conv_backend.startswith("winograd+") is expected
+
+
 def test_fast_predictor_cpu_matches_predict():
     model = small("root_resnet_tiny")
     predictor = FastPredictor(model)
     assert predictor.model.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert predictor.conv_backend == "winograd+" + ("onednn-prepacked" if onednn.available() else "conv_bn_act")
+    direct = "onednn-prepacked" if onednn.available() else "conv_bn_act"
+    assert predictor.conv_backend == ("winograd+" if winograd_by_default() else "") + direct
     assert FastPredictor(model, onednn_prepack=False, winograd=False).conv_backend == "conv_bn_act"
-    assert FastPredictor(model, onednn_prepack=False).conv_backend == "winograd+conv_bn_act"
+    assert FastPredictor(model, onednn_prepack=False, winograd=True).conv_backend == "winograd+conv_bn_act"
     assert not any(getattr(m, "winograd", False) for m in model.modules())   # the caller's model untouched
     with pytest.raises(ValueError, match="onednn_prepack=True is for float32 on CPU"), \
             pytest.warns(UserWarning, match="meant for CUDA"):

@@ -21,7 +21,17 @@ import torch.nn as nn
 from .. import ops
 from . import onednn
 
-__all__ = ["select", "use_onednn_prepack", "use_winograd"]
+__all__ = ["select", "use_onednn_prepack", "use_winograd", "winograd_by_default"]
+
+
+def winograd_by_default() -> bool:
+    """Whether FastPredictor routes 3x3 stride-1 convs through Winograd unless told otherwise.
+
+    Our F(4x4, 3x3) kernel beats oneDNN's direct conv where oneDNN runs AVX2 code, but oneDNN's
+    AVX-512 (brgconv) kernels beat it on every layer (benchmarks/RESULTS.md, "fused inference"
+    and "CPU runtimes"), so the default follows torch's CPU capability.
+    """
+    return not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def _cpu_fp32_inference(conv, x: torch.Tensor, residual: torch.Tensor | None) -> bool:

@@ -14,7 +14,7 @@ import warnings
 import torch
 
 from . import onednn
-from .conv_backends import use_onednn_prepack, use_winograd
+from .conv_backends import use_onednn_prepack, use_winograd, winograd_by_default
 from .fuse import fuse
 from .ssd import predict_images
 
@@ -38,8 +38,9 @@ class FastPredictor:
         winograd: on CPU in float32, run the 3x3 stride-1 convs (most of the network's
             time) through Winograd F(4x4, 3x3) (:func:`scratchdet.ops.winograd_conv3x3`),
             outputs equal to the direct conv's within ~1e-5 relative (rounding); speed:
-            benchmarks/RESULTS.md. ``None`` (default): on CPU float32. ``conv_backend``
-            says what runs.
+            benchmarks/RESULTS.md. ``None`` (default): on CPU float32 where torch's CPU
+            capability is below AVX-512 (there oneDNN's direct convs are faster:
+            ``conv_backends.winograd_by_default``). ``conv_backend`` says what runs.
     """
 
     def __init__(self, model, dtype: torch.dtype = torch.float32, channels_last: bool = True,
@@ -62,7 +63,7 @@ class FastPredictor:
             raise ValueError(f"FastPredictor: onednn_prepack=True is for float32 on CPU, got {dtype} on "
                              f"{self.device.type}")
         if winograd is None:
-            winograd = cpu_fp32
+            winograd = cpu_fp32 and winograd_by_default()
         elif winograd and not cpu_fp32:
             raise ValueError(f"FastPredictor: winograd=True is for float32 on CPU, got {dtype} on {self.device.type}")
         if (onednn_prepack or winograd) and self.model is model:   # never switch the caller's own fused model

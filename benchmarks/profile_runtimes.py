@@ -1,0 +1,148 @@
+"""Per-layer profile of FastPredictor's network against OpenVINO on the same exported ScratchDet300.
+
+    python benchmarks/profile_runtimes.py [--batch 1] [--runs 20] [--top 10] [--json out.json]
+
+Ours: forward hooks time every fused conv (FusedConvAct) of ``FastPredictor``'s network and
+record its backend (Winograd, prepacked oneDNN, conv_bn_act). OpenVINO: the CPU plugin's own
+per-node counters (``PERF_COUNT``), which name the primitive it ran (e.g. ``brgconv_avx512``).
+The two graphs do not share node names (the exporter renames), so layers are matched by their
+signature: input channels, output channels, output height and width, and stride; layers with
+the same signature (repeated ResNet blocks) are summed and counted. The network is the one
+``bench_runtimes.py`` times, with the same thread count for both.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_runtimes import _model  # noqa: E402
+
+from scratchdet.models.export import export_onnx  # noqa: E402
+from scratchdet.models.fast_inference import FastPredictor  # noqa: E402
+from scratchdet.models.fuse import FusedConvAct  # noqa: E402
+
+
+def _signature(cin, cout, h, w, stride):
+    return f"{cin}->{cout} @{h}x{w} s{stride}"
+
+
+def profile_ours(batch: int, runs: int) -> dict:
+    fast = FastPredictor(_model())
+    net = fast.model
+    x = fast._prepare(torch.randn(batch, 3, 300, 300))
+    per_run, starts = collections.defaultdict(list), {}
+    hooks = []
+    for name, m in net.named_modules():
+        if isinstance(m, FusedConvAct):
+            def pre(mod, args, name=name):
+                starts[name] = time.perf_counter()
+
+            def post(mod, args, out, name=name):
+                per_run[name].append((time.perf_counter() - starts[name], args[0].shape, out.shape))
+            hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    with torch.inference_mode():
+        for _ in range(3):
+            net.forward_raw(x)
+        per_run.clear()
+        totals = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            net.forward_raw(x)
+            totals.append(time.perf_counter() - t0)
+    for h in hooks:
+        h.remove()
+    layers = collections.defaultdict(lambda: {"ms": 0.0, "count": 0, "backend": set()})
+    modules = dict(net.named_modules())
+    for name, records in per_run.items():
+        m = modules[name]
+        _, xin, out = records[0]
+        sig = _signature(xin[1], out[1], out[2], out[3], m.stride[0])
+        layers[sig]["ms"] += 1000 * statistics.median(r[0] for r in records)
+        layers[sig]["count"] += 1
+        layers[sig]["backend"].add("winograd F(4,3)" if m.winograd else "prepacked oneDNN" if m.prepack
+                                   else "conv_bn_act")
+    return {"total_ms": 1000 * statistics.median(totals),
+            "layers": {k: {**v, "backend": ", ".join(sorted(v["backend"]))} for k, v in layers.items()}}
+
+
+def profile_openvino(onnx_path: str, batch: int, runs: int, threads: int) -> dict:
+    import numpy as np
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(onnx_path)
+    model.reshape({"images": [batch, 3, 300, 300]})            # static shapes: per-node shapes below
+    compiled = core.compile_model(model, "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+        "PERF_COUNT": True})
+    shapes = {}
+    for op in compiled.get_runtime_model().get_ops():
+        if op.get_rt_info()["layerType"].astype(str) == "Convolution":
+            xin, out = op.get_input_partial_shape(0), op.get_output_partial_shape(0)
+            shapes[op.get_friendly_name()] = (xin.to_shape(), out.to_shape())
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(0).standard_normal((batch, 3, 300, 300), dtype=np.float32)
+    for _ in range(3):
+        request.infer({"images": x})
+    per_node, totals = collections.defaultdict(list), []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        request.infer({"images": x})
+        totals.append(time.perf_counter() - t0)
+        for info in request.get_profiling_info():
+            if info.node_name in shapes:
+                per_node[info.node_name].append((info.real_time.total_seconds(), info.exec_type))
+    layers = collections.defaultdict(lambda: {"ms": 0.0, "count": 0, "primitive": set()})
+    for name, records in per_node.items():
+        xin, out = shapes[name]
+        stride = max(1, round(xin[2] / out[2]))
+        sig = _signature(xin[1], out[1], out[2], out[3], stride)
+        layers[sig]["ms"] += 1000 * statistics.median(r[0] for r in records)
+        layers[sig]["count"] += 1
+        layers[sig]["primitive"].add(records[0][1])
+    return {"total_ms": 1000 * statistics.median(totals),
+            "layers": {k: {**v, "primitive": ", ".join(sorted(v["primitive"]))} for k, v in layers.items()}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(_model(), os.path.join(tmp, "scratchdet300.onnx"))
+        ov_prof = profile_openvino(onnx_path, args.batch, args.runs, threads)
+    ours = profile_ours(args.batch, args.runs)
+    print(f"B={args.batch}, {threads} threads; network total: ours {ours['total_ms']:.1f} ms, "
+          f"OpenVINO {ov_prof['total_ms']:.1f} ms (per-layer sums: ours "
+          f"{sum(v['ms'] for v in ours['layers'].values()):.1f}, OpenVINO "
+          f"{sum(v['ms'] for v in ov_prof['layers'].values()):.1f} ms)")
+    print(f"| conv (in->out @out HxW, stride) | n | ours ms | ours backend | OpenVINO ms | OpenVINO primitive | ours / OV |")
+    print("|---|--:|--:|---|--:|---|--:|")
+    ranked = sorted(ours["layers"].items(), key=lambda kv: -kv[1]["ms"])
+    for sig, v in ranked[:args.top]:
+        o = ov_prof["layers"].get(sig)
+        ov_ms = f"{o['ms']:.2f}" if o else "–"
+        ratio = f"{v['ms'] / o['ms']:.2f}" if o and o["ms"] > 0 else "–"
+        print(f"| {sig} | {v['count']} | {v['ms']:.2f} | {v['backend']} | {ov_ms} | "
+              f"{o['primitive'] if o else '(fused away)'} | {ratio} |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"batch": args.batch, "threads": threads, "ours": ours, "openvino": ov_prof}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
