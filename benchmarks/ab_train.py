@@ -22,18 +22,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import BACKBONES, FAST_VS_STOCK, train_step  # noqa: E402
-
-from scratchdet.models import build_model  # noqa: E402
-from scratchdet.models.layers import use_fused_batch_norm  # noqa: E402
-
-
-def _model(name: str, size: int, fused: bool):
-    torch.manual_seed(0)
-    model = build_model(name, num_classes=21 if size == 300 else 7, image_size=size)
-    model = model.to(memory_format=torch.channels_last)
-    use_fused_batch_norm(model, fused)
-    return model
+from bench_train import BACKBONES, FAST_VS_STOCK, train_model, train_step  # noqa: E402
 
 
 def interleave(steps: dict, rounds: int, warmup: int = 1, seed: int = 0) -> dict:
@@ -57,17 +46,19 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--json", help="also write the medians here")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     report = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "groups": []}
     if args.backbones:
-        steps = {name: train_step(_model(name, 128, True), 32, 128) for name in BACKBONES}
+        steps = {name: train_step(train_model(name, 128), 32, 128) for name in BACKBONES}
         med = interleave(steps, args.rounds)
         for name, t in med.items():
             print(f"{name:32s} {1000 * t:8.1f} ms/step  {32 / t:6.1f} images/s")
         report["groups"].append({"group": "train backbones B=32 128 px", "median_s": med})
     else:
         for name, batch, size in FAST_VS_STOCK:
-            steps = {path: train_step(_model(name, size, path == "fast"), batch, size) for path in ("fast", "stock")}
+            steps = {path: train_step(train_model(name, size, fused=path == "fast"), batch, size) for path in ("fast", "stock")}
             med = interleave(steps, args.rounds if size < 300 else max(3, args.rounds // 2))
             print(f"{name} B={batch} {size} px: fast {1000 * med['fast']:.1f} ms, stock {1000 * med['stock']:.1f} ms, "
                   f"fast/stock speed-up {med['stock'] / med['fast']:.2f}x")

@@ -20,6 +20,18 @@ def _targets(B, G=4, num_classes=7, seed=0):
     return {"boxes": torch.cat([xy, xy + wh], -1), "labels": torch.randint(1, num_classes, (B, G), generator=g)}
 
 
+def train_model(name: str, size: int, fused: bool = True):
+    """``name`` built for ``size`` px from seed 0, channels_last, with the fused training BN on or off
+    (off: the stock nn.BatchNorm2d / add / ReLU ops). 21 classes at 300 px (VOC), else the demo's 7."""
+    from scratchdet.models.layers import use_fused_batch_norm
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=21 if size == 300 else 7, image_size=size)
+    model = model.to(memory_format=torch.channels_last)
+    use_fused_batch_norm(model, fused)
+    return model
+
+
 def train_step(model, batch: int, size: int):
     """A closure running one SGD step of ``model`` on a fixed random batch."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -42,8 +54,7 @@ def test_train_step_backbones_b32_128px(benchmark, name):
     if name.startswith("timm:"):
         pytest.importorskip("timm")
     benchmark.group = "train backbones: step B=32, 128 px, CPU"
-    torch.manual_seed(0)
-    model = build_model(name, num_classes=7, image_size=128).to(memory_format=torch.channels_last)
+    model = train_model(name, 128)
     benchmark.extra_info["parameters"] = sum(p.numel() for p in model.parameters())
     benchmark.pedantic(train_step(model, 32, 128), rounds=5, warmup_rounds=1)
 
@@ -57,10 +68,6 @@ FAST_VS_STOCK = [("root_resnet_demo", 32, 128), ("root_resnet34_ssd300", 8, 300)
 def test_train_step_fast_vs_stock(benchmark, name, batch, size, path):
     """One training step with the fused BatchNorm + add + ReLU kernels (fast) and with the stock
     ops (stock, the anchor): the same model, weights and batch."""
-    from scratchdet.models.layers import use_fused_batch_norm
-
     benchmark.group = f"train fast vs stock: {name} step B={batch}, {size} px, CPU"
-    torch.manual_seed(0)
-    model = build_model(name, num_classes=21 if size == 300 else 7).to(memory_format=torch.channels_last)
-    use_fused_batch_norm(model, path == "fast")
+    model = train_model(name, size, fused=path == "fast")
     benchmark.pedantic(train_step(model, batch, size), rounds=5 if size < 300 else 3, warmup_rounds=1)

@@ -120,6 +120,9 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--json")
     args = p.parse_args(argv)
+    for flag, value in (("--batch", args.batch), ("--runs", args.runs), ("--top", args.top)):
+        if value < 1:
+            p.error(f"{flag} must be at least 1, got {value}")
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(_model(), os.path.join(tmp, "scratchdet300.onnx"))
@@ -129,7 +132,7 @@ def main(argv=None) -> int:
           f"OpenVINO {ov_prof['total_ms']:.1f} ms (per-layer sums: ours "
           f"{sum(v['ms'] for v in ours['layers'].values()):.1f}, OpenVINO "
           f"{sum(v['ms'] for v in ov_prof['layers'].values()):.1f} ms)")
-    print(f"| conv (in->out @out HxW, stride) | n | ours ms | ours backend | OpenVINO ms | OpenVINO primitive | ours / OV |")
+    print("| conv (in->out @out HxW, stride) | n | ours ms | ours backend | OpenVINO ms | OpenVINO primitive | ours / OV |")
     print("|---|--:|--:|---|--:|---|--:|")
     ranked = sorted(ours["layers"].items(), key=lambda kv: -kv[1]["ms"])
     for sig, v in ranked[:args.top]:
