@@ -5,7 +5,9 @@ classes, 300x300, BatchNorm statistics randomised so folding matters), the same 
 every runtime (torch.get_num_threads()):
 
 - eager:            the unfused model's forward_raw, NCHW fp32
-- fast_network:     FastPredictor's network as shipped (fused, channels_last, prepacked oneDNN; Winograd below AVX-512)
+- fast_network:     FastPredictor's network as shipped (fused, channels_last, prepacked oneDNN, and per
+                    3x3 conv Winograd or direct, whichever its first call timed faster on this machine)
+- fast_direct:      the same without Winograd (winograd=False): what the tuning buys
 - fast_end_to_end:  FastPredictor(batch): the network + scratchdet.ops.detect
 - onnxruntime:      CPU execution provider, ORT_ENABLE_ALL
 - openvino:         CPU plugin, LATENCY hint, f32 precision hint
@@ -61,9 +63,11 @@ def _runners(onnx_path, threads):
     """name -> callable(batch as numpy / torch) returning (loc, logits) as torch tensors (or detect output)."""
     model = _model()
     fast = FastPredictor(model)
+    direct = FastPredictor(model, winograd=False)
     runners = {
         "eager": lambda x: model.forward_raw(x),
         "fast_network": lambda x: fast.model.forward_raw(fast._prepare(x)),
+        "fast_direct": lambda x: direct.model.forward_raw(direct._prepare(x)),
         "fast_end_to_end": lambda x: fast(x),
     }
     try:
@@ -101,7 +105,7 @@ def test_cpu_runtimes_same_network_same_threads(benchmark, tmp_path_factory, bat
     benchmark.group = f"CPU runtimes: ScratchDet300 B={batch}"
     threads = torch.get_num_threads()
     runners = _runners(_onnx_path(tmp_path_factory), threads)
-    if set(runners) == {"eager", "fast_network", "fast_end_to_end"}:
+    if set(runners) == {"eager", "fast_network", "fast_direct", "fast_end_to_end"}:
         pytest.skip("neither onnxruntime nor openvino is installed (pip install 'scratchdet[test]')")
     x = torch.randn(batch, 3, 300, 300, generator=torch.Generator().manual_seed(batch))
     with torch.inference_mode():

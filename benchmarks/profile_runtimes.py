@@ -35,8 +35,16 @@ def _signature(cin, cout, h, w, stride):
     return f"{cin}->{cout} @{h}x{w} s{stride}"
 
 
-def profile_ours(batch: int, runs: int) -> dict:
-    fast = FastPredictor(_model())
+def _backend(conv, xin, has_residual) -> str:
+    if conv.tune:
+        name = conv._tactics[(tuple(conv.weight.shape), tuple(xin), has_residual)]
+    else:
+        name = "winograd" if conv.winograd else "onednn-prepacked" if conv.prepack else "conv_bn_act"
+    return {"winograd": "winograd F(4,3)", "onednn-prepacked": "prepacked oneDNN"}.get(name, name)
+
+
+def profile_ours(batch: int, runs: int, winograd: bool | None = None) -> dict:
+    fast = FastPredictor(_model(), winograd=winograd)
     net = fast.model
     x = fast._prepare(torch.randn(batch, 3, 300, 300))
     per_run, starts = collections.defaultdict(list), {}
@@ -46,9 +54,11 @@ def profile_ours(batch: int, runs: int) -> dict:
             def pre(mod, args, name=name):
                 starts[name] = time.perf_counter()
 
-            def post(mod, args, out, name=name):
-                per_run[name].append((time.perf_counter() - starts[name], args[0].shape, out.shape))
-            hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+            def post(mod, args, kwargs, out, name=name):
+                residual = kwargs.get("residual", args[1] if len(args) > 1 else None)
+                per_run[name].append((time.perf_counter() - starts[name], args[0].shape, out.shape,
+                                      residual is not None))
+            hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post, with_kwargs=True)]
     with torch.inference_mode():
         for _ in range(3):
             net.forward_raw(x)
@@ -64,12 +74,11 @@ def profile_ours(batch: int, runs: int) -> dict:
     modules = dict(net.named_modules())
     for name, records in per_run.items():
         m = modules[name]
-        _, xin, out = records[0]
+        _, xin, out, has_residual = records[0]
         sig = _signature(xin[1], out[1], out[2], out[3], m.stride[0])
         layers[sig]["ms"] += 1000 * statistics.median(r[0] for r in records)
         layers[sig]["count"] += 1
-        layers[sig]["backend"].add("winograd F(4,3)" if m.winograd else "prepacked oneDNN" if m.prepack
-                                   else "conv_bn_act")
+        layers[sig]["backend"].add(_backend(m, xin, has_residual))
     return {"total_ms": 1000 * statistics.median(totals),
             "layers": {k: {**v, "backend": ", ".join(sorted(v["backend"]))} for k, v in layers.items()}}
 
@@ -119,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--json")
+    p.add_argument("--winograd", choices=("auto", "on", "off"), default="auto",
+                   help="FastPredictor's winograd argument (auto: its default for this CPU)")
     args = p.parse_args(argv)
     for flag, value in (("--batch", args.batch), ("--runs", args.runs), ("--top", args.top)):
         if value < 1:
@@ -127,7 +138,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(_model(), os.path.join(tmp, "scratchdet300.onnx"))
         ov_prof = profile_openvino(onnx_path, args.batch, args.runs, threads)
-    ours = profile_ours(args.batch, args.runs)
+    ours = profile_ours(args.batch, args.runs, {"auto": None, "on": True, "off": False}[args.winograd])
     print(f"B={args.batch}, {threads} threads; network total: ours {ours['total_ms']:.1f} ms, "
           f"OpenVINO {ov_prof['total_ms']:.1f} ms (per-layer sums: ours "
           f"{sum(v['ms'] for v in ours['layers'].values()):.1f}, OpenVINO "

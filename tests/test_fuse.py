@@ -1,4 +1,5 @@
 import copy
+import time
 import warnings
 
 import pytest
@@ -9,7 +10,8 @@ import scratchdet
 from scratchdet.models import BasicBlock, ConvNormAct, build_model, list_models
 from scratchdet.models.fast_inference import FastPredictor
 from scratchdet.models import onednn
-from scratchdet.models.conv_backends import use_onednn_prepack, use_winograd, winograd_by_default
+from scratchdet.models import conv_backends
+from scratchdet.models.conv_backends import use_onednn_prepack, use_winograd
 from scratchdet.models.fuse import FusedBasicBlock, FusedConvAct, fuse
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN")
@@ -227,12 +229,62 @@ def test_detections_identical_on_a_briefly_trained_model():
             assert torch.equal(torch.bincount(fast[2][b, :n]), torch.bincount(ref[2][b, :n]))
 
 
-@pytest.mark.parametrize("capability,expected", [("AVX2", True), ("DEFAULT", True), ("AVX512", False)])
-def test_winograd_is_the_default_below_avx512(monkeypatch, capability, expected):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    assert winograd_by_default() is expected
+@pytest.mark.parametrize("slow", ["winograd", "direct"])
+def test_tuned_convs_keep_the_faster_backend_per_shape(monkeypatch, slow):
+    # Make one backend slower than the other by a margin no timing noise can hide: every tuned conv
+    # must keep the other one, each (weight shape, input shape, residual) must be timed once, and
+    # the network's outputs stay those of the unfused model.
     model = small("root_resnet_tiny")
-    assert FastPredictor(model, onednn_prepack=False).conv_backend.startswith("winograd+") is expected
+    direct = "onednn-prepacked" if onednn.available() else "conv_bn_act"
+    slow_name = "winograd" if slow == "winograd" else direct
+    calls = {"winograd": 0, direct: 0}
+
+    def wrap(name, fn):
+        def run(conv, x, residual):
+            calls[name] += 1
+            if name == slow_name:
+                time.sleep(0.01)
+            return fn(conv, x, residual)
+        return run
+
+    monkeypatch.setattr(conv_backends, "_BACKENDS", {**conv_backends._BACKENDS, **{
+        name: wrap(name, conv_backends._BACKENDS[name]) for name in calls}})
+    predictor = FastPredictor(model)
+    assert predictor.conv_backend == f"tuned(winograd|{direct})+{direct}"
+    assert predictor.tactics() == {}
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model.forward_raw(x)
+        got = predictor.model.forward_raw(predictor._prepare(x))
+    table = predictor.tactics()
+    tuned = [m for m in predictor.model.modules() if isinstance(m, FusedConvAct) and m.tune]
+    assert len(tuned) > len(table) > 0            # repeated shapes share one timing
+    assert set(table.values()) == {direct if slow == "winograd" else "winograd"}
+    per_tuning = 1 + conv_backends.TUNING_ROUNDS
+    assert calls[slow_name] == per_tuning * len(table)
+    for w, g in zip(want, got):
+        assert rel_err(g, w) < 1e-4
+    calls.update(dict.fromkeys(calls, 0))
+    with torch.no_grad():
+        again = predictor.model.forward_raw(predictor._prepare(x))   # decided: one call per conv
+    assert calls[slow_name] == 0 and sum(calls.values()) == len(tuned)
+    for a, g in zip(again, got):
+        assert torch.equal(a, g)
+    with torch.no_grad():                          # a new batch shape is timed anew
+        predictor.model.forward_raw(predictor._prepare(x[:1]))
+    assert len(predictor.tactics()) == 2 * len(table)
+    # the losing backend's packed weight is dropped where a conv chose the other one
+    for m in tuned:
+        assert (m._wino_packed is None) == (slow == "winograd")
+
+
+def test_tuned_choices_survive_a_deep_copy_and_share_one_table():
+    predictor = FastPredictor(small("root_resnet_tiny"))
+    predictor(torch.randn(1, 3, 128, 128))
+    copied = copy.deepcopy(predictor.model)
+    tuned = [m for m in copied.modules() if isinstance(m, FusedConvAct) and m.tune]
+    assert conv_backends.tactics(copied) == predictor.tactics()
+    assert len({id(m._tactics) for m in tuned}) == 1
 
 
 def test_fast_predictor_cpu_matches_predict():
@@ -240,7 +292,7 @@ def test_fast_predictor_cpu_matches_predict():
     predictor = FastPredictor(model)
     assert predictor.model.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     direct = "onednn-prepacked" if onednn.available() else "conv_bn_act"
-    assert predictor.conv_backend == ("winograd+" if winograd_by_default() else "") + direct
+    assert predictor.conv_backend == f"tuned(winograd|{direct})+{direct}"
     assert FastPredictor(model, onednn_prepack=False, winograd=False).conv_backend == "conv_bn_act"
     assert FastPredictor(model, onednn_prepack=False, winograd=True).conv_backend == "winograd+conv_bn_act"
     assert not any(getattr(m, "winograd", False) for m in model.modules())   # the caller's model untouched

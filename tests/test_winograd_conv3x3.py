@@ -112,26 +112,36 @@ def test_chunking_and_threading(shape, threads):
         torch.set_num_threads(before)
 
 
-def test_aten_gemm_fallback_gives_the_same_result(tmp_path):
-    # torch builds whose BLAS exports no sgemm_ run the GEMMs through at::mm_out: force that path
+GEMM_SHAPES = [
+    (2, 13, 11, 21, 18),      # narrow: one masked vector per row
+    (1, 20, 16, 9, 9),        # exactly one vector
+    (1, 7, 17, 12, 12),       # one vector and one lane
+    (1, 33, 64, 8, 8),        # exactly one 64-column block
+    (2, 24, 65, 7, 13),       # one block and one lane
+    (1, 40, 130, 15, 9),      # blocks of 64 + 2, rows 6k + remainder (12 tiles)
+    (3, 5, 84, 4, 4),         # 3 tiles (fewer than a row block), the SSD head's 84 classes x boxes
+]
+
+
+@pytest.mark.parametrize("path", ["native", "blas", "aten"])
+def test_every_gemm_path_equals_the_direct_conv(tmp_path, path):
+    # The 36 GEMMs run on our AVX-512 kernel (native, where the CPU has AVX-512F), torch's BLAS sgemm
+    # or at::mm_out: force each (unavailable ones fall to the next) on shapes that cross its blocks.
     code = (
-        "import torch; from scratchdet import ops\n"
-        "g = torch.Generator().manual_seed(0)\n"
-        "x = torch.randn(2, 13, 21, 18, generator=g); w = torch.randn(11, 13, 3, 3, generator=g)\n"
-        "b = torch.randn(11, generator=g); r = torch.randn(2, 11, 21, 18, generator=g)\n"
-        "torch.save(ops.winograd_conv3x3(x, ops.winograd_f43_pack(w), b, r, True), __import__('sys').argv[1])\n")
-    outs = []
-    for force in ("0", "1"):
-        path = tmp_path / f"out{force}.pt"
-        env = dict(os.environ, SCRATCHDET_WINOGRAD_ATEN_GEMM=force)
-        subprocess.run([sys.executable, "-c", code, str(path)], env=env, check=True, cwd=ROOT)
-        outs.append(torch.load(path))
-    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 13, 21, 18, generator=g)
-    w = torch.randn(11, 13, 3, 3, generator=g)
-    b, r = torch.randn(11, generator=g), torch.randn(2, 11, 21, 18, generator=g)
-    assert rel_err(outs[1], direct(x, w, b, r, True)) < 5e-5
+        "import sys, torch; from scratchdet import ops\n"
+        f"shapes = {GEMM_SHAPES!r}\n"
+        "outs = []\n"
+        "for i, (n, ci, co, h, w) in enumerate(shapes):\n"
+        "    g = torch.Generator().manual_seed(i)\n"
+        "    x = torch.randn(n, ci, h, w, generator=g); wt = torch.randn(co, ci, 3, 3, generator=g)\n"
+        "    b = torch.randn(co, generator=g); r = torch.randn(n, co, h, w, generator=g)\n"
+        "    outs.append((x, wt, b, r, ops.winograd_conv3x3(x, ops.winograd_f43_pack(wt), b, r, True)))\n"
+        "torch.save(outs, sys.argv[1])\n")
+    path_file = tmp_path / f"{path}.pt"
+    env = dict(os.environ, SCRATCHDET_WINOGRAD_GEMM=path)
+    subprocess.run([sys.executable, "-c", code, str(path_file)], env=env, check=True, cwd=ROOT)
+    for x, weight, bias, res, out in torch.load(path_file):
+        assert rel_err(out, direct(x, weight, bias, res, True)) < 5e-5, x.shape
 
 
 def test_empty_inputs():

@@ -6,13 +6,17 @@ faster paths can be switched on for a fused model, each caching a weight packed 
 - :func:`use_winograd`: the 3x3 stride-1 convs through Winograd F(4x4, 3x3)
   (:func:`scratchdet.ops.winograd_conv3x3`); it takes precedence where it applies;
 - :func:`use_onednn_prepack`: the other convs through weights prepacked for oneDNN
-  (:mod:`scratchdet.models.onednn`), bias / residual / ReLU as oneDNN post-ops.
+  (:mod:`scratchdet.models.onednn`), bias / residual / ReLU as oneDNN post-ops;
+- :func:`use_tuned_backends`: per 3x3 stride-1 conv, whichever of Winograd and the direct conv
+  is faster on this machine, timed once per input shape (TensorRT-style tactic selection:
+  which one wins depends on the CPU, the layer's width and its map size, benchmarks/RESULTS.md).
 
 Anything unusual (another dtype or device, autograd, tracing, a wrong channel count) goes
 through the op, which checks its inputs and names what is wrong.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
@@ -21,17 +25,11 @@ import torch.nn as nn
 from .. import ops
 from . import onednn
 
-__all__ = ["select", "use_onednn_prepack", "use_winograd", "winograd_by_default"]
+__all__ = ["select", "tactics", "use_onednn_prepack", "use_tuned_backends", "use_winograd"]
 
-
-def winograd_by_default() -> bool:
-    """Whether FastPredictor routes 3x3 stride-1 convs through Winograd unless told otherwise.
-
-    Our F(4x4, 3x3) kernel beats oneDNN's direct conv where oneDNN runs AVX2 code, but oneDNN's
-    AVX-512 (brgconv) kernels beat it on every layer (benchmarks/RESULTS.md, "fused inference"
-    and "CPU runtimes"), so the default follows torch's CPU capability.
-    """
-    return not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+# Timed calls per candidate when a tuned conv meets a new input shape (after one untimed call that
+# packs the weight); the fastest single call decides, so a preempted call does not.
+TUNING_ROUNDS = 2
 
 
 def _cpu_fp32_inference(conv, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
@@ -63,10 +61,48 @@ def _run_onednn(conv, x, residual):
                                  conv.groups, conv.relu, residual)
 
 
-def select(conv, x: torch.Tensor, residual: torch.Tensor | None) -> Callable | None:
-    """The backend ``conv(x, residual)`` runs on, or None for :func:`scratchdet.ops.conv_bn_act`."""
-    if not (conv.winograd or conv.prepack) or not _cpu_fp32_inference(conv, x, residual):
-        return None
+def _run_op(conv, x, residual):
+    return ops.conv_bn_act(x, conv.weight, conv.bias, residual, conv.stride, conv.padding, conv.dilation,
+                           conv.groups, conv.relu)
+
+
+_BACKENDS = {"winograd": _run_winograd, "onednn-prepacked": _run_onednn, "conv_bn_act": _run_op}
+
+
+def _direct_name(conv) -> str:
+    return "onednn-prepacked" if conv.prepack else "conv_bn_act"
+
+
+def _run_tuned(conv, x, residual):
+    # One table per model (use_tuned_backends), keyed by what decides the speed, so the repeated
+    # blocks of a ResNet stage are timed once.
+    key = (tuple(conv.weight.shape), tuple(x.shape), residual is not None)
+    name = conv._tactics.get(key)
+    if name is not None:
+        return _BACKENDS[name](conv, x, residual)
+    candidates = ["winograd", _direct_name(conv)]
+    outputs = {name: _BACKENDS[name](conv, x, residual) for name in candidates}   # packs the weights
+    best_time = dict.fromkeys(candidates, float("inf"))
+    for _ in range(TUNING_ROUNDS):
+        for name in candidates:     # interleaved, so a slow moment of the machine hits both
+            start = time.perf_counter()
+            outputs[name] = _BACKENDS[name](conv, x, residual)
+            best_time[name] = min(best_time[name], time.perf_counter() - start)
+    name = min(candidates, key=best_time.__getitem__)
+    conv._tactics[key] = name
+    if name != "winograd":      # the loser's packed weight (Winograd's is 4x the weight) is repacked if needed
+        conv._wino_packed = None
+    else:
+        conv._packed = None
+    return outputs[name]
+
+
+def select(conv, x: torch.Tensor, residual: torch.Tensor | None) -> Callable:
+    """The backend ``conv(x, residual)`` runs on: ``backend(conv, x, residual)``."""
+    if not (conv.winograd or conv.prepack or conv.tune) or not _cpu_fp32_inference(conv, x, residual):
+        return _run_op
+    if conv.tune:
+        return _run_tuned
     return _run_winograd if conv.winograd else _run_onednn
 
 
@@ -105,3 +141,29 @@ def use_winograd(fused_model: nn.Module, enabled: bool = True) -> int:
         conv._wino_packed = None
         count += conv.winograd
     return count
+
+
+def use_tuned_backends(fused_model: nn.Module, enabled: bool = True) -> int:
+    """Let the 3x3 stride-1 fused convs of ``fused_model`` (``FusedConvAct.winograd_eligible``) pick
+    Winograd or the direct conv (prepacked oneDNN if :func:`use_onednn_prepack` is on, else the op)
+    on CPU float32 by timing both, the first time a (weight shape, input shape, residual) comes
+    up; convs of the same shapes share that choice (:func:`tactics`). Tuning a shape costs
+    ``2 * (1 + TUNING_ROUNDS)`` runs of that layer. It takes precedence over :func:`use_winograd`
+    for the convs it covers. Returns how many convs were switched.
+    """
+    table: dict = {}
+    count = 0
+    for conv in _fused_convs(fused_model):
+        conv.tune = bool(enabled) and conv.winograd_eligible
+        conv._tactics = table if conv.tune else None
+        count += conv.tune
+    return count
+
+
+def tactics(fused_model: nn.Module) -> dict[tuple, str]:
+    """The choices of the tuned convs so far: ``{(weight shape, input shape, has residual): backend}``."""
+    table: dict = {}
+    for conv in _fused_convs(fused_model):
+        if conv.tune and conv._tactics:
+            table.update(conv._tactics)
+    return table

@@ -14,7 +14,8 @@ import warnings
 import torch
 
 from . import onednn
-from .conv_backends import use_onednn_prepack, use_winograd, winograd_by_default
+from . import conv_backends
+from .conv_backends import use_onednn_prepack, use_tuned_backends, use_winograd
 from .fuse import fuse
 from .ssd import predict_images
 
@@ -37,10 +38,12 @@ class FastPredictor:
             ``conv_bn_act`` op. ``None`` (default): whenever this torch build has oneDNN.
         winograd: on CPU in float32, run the 3x3 stride-1 convs (most of the network's
             time) through Winograd F(4x4, 3x3) (:func:`scratchdet.ops.winograd_conv3x3`),
-            outputs equal to the direct conv's within ~1e-5 relative (rounding); speed:
-            benchmarks/RESULTS.md. ``None`` (default): on CPU float32 where torch's CPU
-            capability is below AVX-512 (there oneDNN's direct convs are faster:
-            ``conv_backends.winograd_by_default``). ``conv_backend`` says what runs.
+            outputs equal to the direct conv's within ~1e-5 relative (rounding). ``None``
+            (default, CPU float32): each of those convs times Winograd against the direct conv
+            the first time it sees an input shape and keeps the faster one
+            (``conv_backends.use_tuned_backends``; which wins depends on the CPU and the layer:
+            benchmarks/RESULTS.md), so the first call of a batch shape costs a few network runs
+            more. ``conv_backend`` says what runs, :meth:`tactics` what each conv chose.
     """
 
     def __init__(self, model, dtype: torch.dtype = torch.float32, channels_last: bool = True,
@@ -62,19 +65,26 @@ class FastPredictor:
         elif onednn_prepack and not cpu_fp32:
             raise ValueError(f"FastPredictor: onednn_prepack=True is for float32 on CPU, got {dtype} on "
                              f"{self.device.type}")
-        if winograd is None:
-            winograd = cpu_fp32 and winograd_by_default()
-        elif winograd and not cpu_fp32:
+        if winograd and not cpu_fp32:
             raise ValueError(f"FastPredictor: winograd=True is for float32 on CPU, got {dtype} on {self.device.type}")
-        if (onednn_prepack or winograd) and self.model is model:   # never switch the caller's own fused model
+        tune = winograd is None and cpu_fp32
+        if (onednn_prepack or winograd or tune) and self.model is model:   # never switch the caller's fused model
             self.model = copy.deepcopy(self.model)
         use_onednn_prepack(self.model, bool(onednn_prepack))
-        n_winograd = use_winograd(self.model, bool(winograd))
-        backends = (["winograd"] if n_winograd else []) + ["onednn-prepacked" if onednn_prepack else "conv_bn_act"]
-        self.conv_backend = "+".join(backends)
+        direct = "onednn-prepacked" if onednn_prepack else "conv_bn_act"
+        if tune and use_tuned_backends(self.model):
+            self.conv_backend = f"tuned(winograd|{direct})+{direct}"
+        else:
+            n_winograd = use_winograd(self.model, bool(winograd))
+            self.conv_backend = "+".join((["winograd"] if n_winograd else []) + [direct])
         self.cuda_graph = cuda_graph
         self.graph_scope: str | None = None
         self._graphs: dict = {}
+
+    def tactics(self) -> dict[tuple, str]:
+        """What the tuned convs chose so far (empty before the first call, or when ``winograd``
+        was given): ``{(weight shape, input shape, has residual): backend}``."""
+        return conv_backends.tactics(self.model)
 
     # ------------------------------------------------------------------ core
     def _run(self, batch: torch.Tensor, settings: dict):

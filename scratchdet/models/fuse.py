@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .. import ops
 from ..ops.reference import fold_batch_norm
 from ..ops import is_winograd_conv
 from . import conv_backends
@@ -69,6 +68,8 @@ class FusedConvAct(_InferenceOnly):
     # so fused models pickled before a switch existed still load and run.
     prepack = False                     # CPU fp32 through a prepacked oneDNN weight
     winograd = False                    # CPU fp32 3x3 stride 1 through Winograd F(4x4, 3x3)
+    tune = False                        # CPU fp32 3x3 stride 1: Winograd or direct, whichever is faster
+    _tactics = None                     # the model's table of timed choices (conv_backends.use_tuned_backends)
     _packed = None                      # (weight version key, packed weight); never saved or copied
     _wino_packed = None                 # the same for the Winograd-transformed weight
 
@@ -97,11 +98,7 @@ class FusedConvAct(_InferenceOnly):
         return is_winograd_conv(self.weight.shape, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        backend = conv_backends.select(self, x, residual)
-        if backend is not None:
-            return backend(self, x, residual)
-        return ops.conv_bn_act(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation,
-                               self.groups, self.relu)
+        return conv_backends.select(self, x, residual)(self, x, residual)
 
     def __getstate__(self):
         state = dict(super().__getstate__())

@@ -1,6 +1,6 @@
 // CPU Winograd F(4x4, 3x3) convolution with the conv_bn_act epilogue fused into the output
 // transform. Works on NHWC (channels innermost), so every transform is the same arithmetic
-// on 8 contiguous channels at a time.
+// on 16 or 8 contiguous channels at a time.
 //
 // Tiles are processed in chunks small enough that a chunk's transformed input V [36][tiles][C_in]
 // and products M [36][tiles][C_out] stay in cache:
@@ -11,7 +11,7 @@
 // wide layers) the threads share one chunk phase by phase.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#pragma GCC diagnostic ignored "-Wpsabi"  // vec8 never crosses a non-inlined ABI boundary
+#pragma GCC diagnostic ignored "-Wpsabi"  // vec8/vec16 never cross a non-inlined ABI boundary
 #include <torch/library.h>
 
 #include <dlfcn.h>
@@ -20,13 +20,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 
 #include "../winograd_conv3x3.h"
+#include "small_gemm.h"
 
-// x86-64 Linux: compile the transforms twice (AVX2+FMA and baseline) and pick one at load time
-// (ifunc), so the wheel still runs on CPUs without AVX2. Elsewhere: the build's own target.
+// x86-64 Linux: compile the transforms three times (AVX-512, AVX2+FMA, baseline) and pick one at
+// load time (ifunc), so the wheel still runs on CPUs without AVX2. Elsewhere: the build's own target.
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define SD_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#define SD_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=haswell", "default")))
 #else
 #define SD_CPU_CLONES
 #endif
@@ -34,14 +36,17 @@
 namespace scratchdet {
 namespace {
 
-// GCC/Clang vector of 8 floats: one AVX register where the build or clone targets AVX2,
-// two SSE registers otherwise. Loads and stores go through memcpy, so they may be unaligned.
+// GCC/Clang vectors of 8 and 16 floats: one AVX / AVX-512 register where the clone targets it,
+// several narrower ones otherwise. Loads and stores go through memcpy, so they may be unaligned.
+// 16 lanes only on AVX-512 CPUs: elsewhere a tile's 36 vec16 values spill out of the registers.
 typedef float vec8 __attribute__((vector_size(32)));
+typedef float vec16 __attribute__((vector_size(64)));
 constexpr int kLanes = 8;
+const bool kWideLanes = small_gemm_avx512_supported();
 constexpr int kPos = kWinoTile * kWinoTile;  // 36 transform positions
 
-// The transforms run on 8 channels at a time (vec8) and on the channel tail one at a time
-// (float): the same code for both lane types.
+// The transforms run on 16 or 8 channels at a time (vec16, vec8) and on the channel tail one at a
+// time (float): the same code for every lane type.
 template <typename T>
 inline T load_lanes(const float* p);
 template <>
@@ -51,24 +56,29 @@ inline vec8 load_lanes<vec8>(const float* p) {
   return v;
 }
 template <>
+inline vec16 load_lanes<vec16>(const float* p) {
+  vec16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <>
 inline float load_lanes<float>(const float* p) { return *p; }
+inline void store_lanes(float* p, vec16 v) { std::memcpy(p, &v, sizeof(v)); }
 inline void store_lanes(float* p, vec8 v) { std::memcpy(p, &v, sizeof(v)); }
 inline void store_lanes(float* p, float v) { *p = v; }
 
 #define SD_ALWAYS_INLINE inline __attribute__((always_inline))
 
-// ---- BLAS ------------------------------------------------------------------------------------
-// The GEMMs are small (tiles-per-chunk x C_in x C_out) and many (36 per chunk), so they go
-// straight to the BLAS sgemm that torch itself links (MKL on x86 wheels) when it exports one;
-// otherwise through at::mm_out (same result, more overhead per call). Setting
-// SCRATCHDET_WINOGRAD_ATEN_GEMM=1 before the first call forces the at::mm_out path (tests use it).
+// ---- GEMM ------------------------------------------------------------------------------------
+// The GEMMs are small (tiles-per-chunk x C_in x C_out) and many (36 per chunk). Three ways to run
+// them, picked once: our AVX-512 kernel (small_gemm.h) where the CPU has AVX-512F; else the BLAS
+// sgemm that torch itself links (MKL on x86 wheels) when it exports one; else at::mm_out (same
+// result, more overhead per call). SCRATCHDET_WINOGRAD_GEMM=native|blas|aten, set before the first
+// call, forces one (an unavailable choice falls to the next), so tests can compare them.
 using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
                          const float*, const int*, const float*, const int*, const float*, float*, const int*);
 
 SgemmFn find_sgemm() {
-  if (const char* force = std::getenv("SCRATCHDET_WINOGRAD_ATEN_GEMM"); force && *force && *force != '0') {
-    return nullptr;
-  }
   for (const char* lib : {"libtorch_cpu.so", "libtorch_cpu.dylib"}) {
     if (void* handle = dlopen(lib, RTLD_LAZY | RTLD_NOLOAD)) {
       if (void* fn = dlsym(handle, "sgemm_")) return reinterpret_cast<SgemmFn>(fn);
@@ -77,15 +87,35 @@ SgemmFn find_sgemm() {
   return nullptr;
 }
 
+enum class GemmPath { kNative, kBlas, kAten };
+
+struct GemmChoice {
+  GemmPath path;
+  SgemmFn sgemm;
+};
+
+GemmChoice choose_gemm() {
+  const char* env = std::getenv("SCRATCHDET_WINOGRAD_GEMM");
+  const std::string want = env ? env : "native";
+  const SgemmFn sgemm = want == "aten" ? nullptr : find_sgemm();
+  if (want == "native" && small_gemm_avx512_supported()) return {GemmPath::kNative, nullptr};
+  if (sgemm != nullptr) return {GemmPath::kBlas, sgemm};
+  return {GemmPath::kAten, nullptr};
+}
+
 // Row-major C[m, n] = A[m, k] @ B[k, n] (lda = k, ldb = ldc = n), single-threaded: callers run
 // it inside their own parallel region.
 void gemm_row_major(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c) {
-  static const SgemmFn sgemm = find_sgemm();
-  if (sgemm != nullptr) {
+  static const GemmChoice gemm = choose_gemm();
+  if (gemm.path == GemmPath::kNative) {
+    small_gemm_avx512(m, n, k, a, b, c);
+    return;
+  }
+  if (gemm.path == GemmPath::kBlas) {
     // column-major view: C^T[n, m] = B^T[n, k] @ A^T[k, m]
     const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
     const float one = 1.0f, zero = 0.0f;
-    sgemm("N", "N", &ni, &mi, &ki, &one, b, &ni, a, &ki, &zero, c, &ni);
+    gemm.sgemm("N", "N", &ni, &mi, &ki, &one, b, &ni, a, &ki, &zero, c, &ni);
     return;
   }
   const auto opts = at::TensorOptions().dtype(at::kFloat);
@@ -140,6 +170,7 @@ void input_transform(const Geometry& g, const float* x, float* v, int64_t chunk_
     const float* img = x + n * g.height * g.width * C;
     float* dst = v + (t - chunk_begin) * C;
     int64_t c = 0;
+    for (; kWideLanes && c + 2 * kLanes <= C; c += 2 * kLanes) input_tile<vec16>(g, img, y0, x0, interior, c, dst, pos_stride);
     for (; c + kLanes <= C; c += kLanes) input_tile<vec8>(g, img, y0, x0, interior, c, dst, pos_stride);
     for (; c < C; ++c) input_tile<float>(g, img, y0, x0, interior, c, dst, pos_stride);
   }
@@ -179,6 +210,8 @@ void output_transform(const Geometry& g, const float* m, const float* bias, cons
     const int64_t base = (n * g.height * g.width + oy * g.width + ox) * C;
     const float* src = m + (t - chunk_begin) * C;
     int64_t c = 0;
+    for (; kWideLanes && c + 2 * kLanes <= C; c += 2 * kLanes)
+      output_tile<vec16, kResidual, kRelu, kBias>(g, src, pos_stride, bias, residual, out, base, rows, cols, c);
     for (; c + kLanes <= C; c += kLanes)
       output_tile<vec8, kResidual, kRelu, kBias>(g, src, pos_stride, bias, residual, out, base, rows, cols, c);
     for (; c < C; ++c)

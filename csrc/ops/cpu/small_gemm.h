@@ -1,0 +1,98 @@
+// Row-major C[m, n] = A[m, k] @ B[k, n] for the many small GEMMs of the Winograd convolution
+// (m = tiles per chunk, often 25-113; k = C_in, n = C_out), single-threaded.
+//
+// BLAS sgemm is tuned for large m; at these sizes a register-blocked AVX-512 kernel that reads A
+// and B where they lie (no packing) does better (benchmarks/RESULTS.md, "CPU runtimes"). Blocks of
+// 6 rows x 64 columns: 24 accumulators + 4 rows of B + 1 broadcast of A fit the 32 zmm registers;
+// the last column block is masked, so any n works. Built for AVX-512F only through function
+// target attributes: callers check small_gemm_avx512_supported() first.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SD_SMALL_GEMM_AVX512 1
+#endif
+
+namespace scratchdet {
+
+#ifdef SD_SMALL_GEMM_AVX512
+
+inline bool small_gemm_avx512_supported() {
+  static const bool ok = [] {
+    __builtin_cpu_init();  // may run from a static initializer, before libgcc's own
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return ok;
+}
+
+// One kMR x (16 * kNV) block of C; the kNV-th vector of each row is masked by last.
+template <int kMR, int kNV>
+__attribute__((target("avx512f"))) inline void small_gemm_block(const float* a, int64_t lda, const float* b,
+                                                                int64_t ldb, float* c, int64_t ldc, int64_t k,
+                                                                __mmask16 last) {
+  __m512 acc[kMR][kNV];
+#pragma GCC unroll 6
+  for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < kNV; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < k; ++p) {
+    const float* brow = b + p * ldb;
+    __m512 bv[kNV];
+#pragma GCC unroll 4
+    for (int j = 0; j < kNV; ++j)
+      bv[j] = j + 1 < kNV ? _mm512_loadu_ps(brow + 16 * j) : _mm512_maskz_loadu_ps(last, brow + 16 * j);
+#pragma GCC unroll 6
+    for (int i = 0; i < kMR; ++i) {
+      const __m512 av = _mm512_set1_ps(a[i * lda + p]);
+#pragma GCC unroll 4
+      for (int j = 0; j < kNV; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < kNV; ++j) {
+      if (j + 1 < kNV) {
+        _mm512_storeu_ps(c + i * ldc + 16 * j, acc[i][j]);
+      } else {
+        _mm512_mask_storeu_ps(c + i * ldc + 16 * j, last, acc[i][j]);
+      }
+    }
+}
+
+using SmallGemmBlockFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, __mmask16);
+
+template <int kMR>
+constexpr SmallGemmBlockFn small_gemm_row_fns[4] = {small_gemm_block<kMR, 1>, small_gemm_block<kMR, 2>,
+                                                    small_gemm_block<kMR, 3>, small_gemm_block<kMR, 4>};
+
+inline constexpr const SmallGemmBlockFn* small_gemm_table[6] = {
+    small_gemm_row_fns<1>, small_gemm_row_fns<2>, small_gemm_row_fns<3>,
+    small_gemm_row_fns<4>, small_gemm_row_fns<5>, small_gemm_row_fns<6>};
+
+// C[m, n] = A[m, k] @ B[k, n], lda = k, ldb = ldc = n. Column blocks outside, so a k x 64 panel of B
+// stays in cache while every row block of A passes over it.
+inline void small_gemm_avx512(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c) {
+  constexpr int64_t kMR = 6, kNC = 64;
+  for (int64_t j0 = 0; j0 < n; j0 += kNC) {
+    const int64_t cols = n - j0 < kNC ? n - j0 : kNC;
+    const int nv = static_cast<int>((cols + 15) / 16);
+    const int tail = static_cast<int>(cols - 16 * (nv - 1));  // 1..16 columns in the last vector
+    const __mmask16 last = static_cast<__mmask16>(tail == 16 ? 0xFFFF : (1u << tail) - 1);
+    for (int64_t i0 = 0; i0 < m; i0 += kMR) {
+      const int rows = static_cast<int>(m - i0 < kMR ? m - i0 : kMR);
+      small_gemm_table[rows - 1][nv - 1](a + i0 * k, k, b + j0, n, c + i0 * n + j0, n, k, last);
+    }
+  }
+}
+
+#else
+
+inline bool small_gemm_avx512_supported() { return false; }
+inline void small_gemm_avx512(int64_t, int64_t, int64_t, const float*, const float*, float*) {}
+
+#endif
+
+}  // namespace scratchdet
