@@ -26,21 +26,17 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_runtimes import _model  # noqa: E402
 
+from scratchdet.models.conv_backends import backend_name  # noqa: E402
 from scratchdet.models.export import export_onnx  # noqa: E402
 from scratchdet.models.fast_inference import FastPredictor  # noqa: E402
 from scratchdet.models.fuse import FusedConvAct  # noqa: E402
 
 
+BACKEND_LABELS = {"winograd": "winograd F(4,3)", "onednn-prepacked": "prepacked oneDNN"}
+
+
 def _signature(cin, cout, h, w, stride):
     return f"{cin}->{cout} @{h}x{w} s{stride}"
-
-
-def _backend(conv, xin, has_residual) -> str:
-    if conv.tune:
-        name = conv._tactics[(tuple(conv.weight.shape), tuple(xin), has_residual)]
-    else:
-        name = "winograd" if conv.winograd else "onednn-prepacked" if conv.prepack else "conv_bn_act"
-    return {"winograd": "winograd F(4,3)", "onednn-prepacked": "prepacked oneDNN"}.get(name, name)
 
 
 def profile_ours(batch: int, runs: int, winograd: bool | None = None) -> dict:
@@ -55,9 +51,9 @@ def profile_ours(batch: int, runs: int, winograd: bool | None = None) -> dict:
                 starts[name] = time.perf_counter()
 
             def post(mod, args, kwargs, out, name=name):
+                elapsed = time.perf_counter() - starts[name]
                 residual = kwargs.get("residual", args[1] if len(args) > 1 else None)
-                per_run[name].append((time.perf_counter() - starts[name], args[0].shape, out.shape,
-                                      residual is not None))
+                per_run[name].append((elapsed, args[0].shape, out.shape, backend_name(mod, args[0], residual)))
             hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post, with_kwargs=True)]
     with torch.inference_mode():
         for _ in range(3):
@@ -74,11 +70,11 @@ def profile_ours(batch: int, runs: int, winograd: bool | None = None) -> dict:
     modules = dict(net.named_modules())
     for name, records in per_run.items():
         m = modules[name]
-        _, xin, out, has_residual = records[0]
+        _, xin, out, backend = records[0]
         sig = _signature(xin[1], out[1], out[2], out[3], m.stride[0])
         layers[sig]["ms"] += 1000 * statistics.median(r[0] for r in records)
         layers[sig]["count"] += 1
-        layers[sig]["backend"].add(_backend(m, xin, has_residual))
+        layers[sig]["backend"].add(BACKEND_LABELS.get(backend, backend))
     return {"total_ms": 1000 * statistics.median(totals),
             "layers": {k: {**v, "backend": ", ".join(sorted(v["backend"]))} for k, v in layers.items()}}
 

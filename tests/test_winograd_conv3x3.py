@@ -144,6 +144,15 @@ def test_every_gemm_path_equals_the_direct_conv(tmp_path, path):
         assert rel_err(out, direct(x, weight, bias, res, True)) < 5e-5, x.shape
 
 
+def test_unknown_gemm_path_is_refused():
+    code = ("import torch; from scratchdet import ops\n"
+            "ops.winograd_conv3x3(torch.randn(1, 4, 8, 8), ops.winograd_f43_pack(torch.randn(4, 4, 3, 3)), None, None, False)\n")
+    env = dict(os.environ, SCRATCHDET_WINOGRAD_GEMM="mkl")
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "SCRATCHDET_WINOGRAD_GEMM must be native, blas or aten, got 'mkl'" in run.stderr
+
+
 def test_empty_inputs():
     x, weight, bias, res = make(0, 4, 6, 5, 5)
     out = ops.winograd_conv3x3(x, ops.winograd_f43_pack(weight), bias, res, True)

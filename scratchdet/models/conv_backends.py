@@ -25,7 +25,7 @@ import torch.nn as nn
 from .. import ops
 from . import onednn
 
-__all__ = ["select", "tactics", "use_onednn_prepack", "use_tuned_backends", "use_winograd"]
+__all__ = ["backend_name", "select", "tactics", "use_onednn_prepack", "use_tuned_backends", "use_winograd"]
 
 # Timed calls per candidate when a tuned conv meets a new input shape (after one untimed call that
 # packs the weight); the fastest single call decides, so a preempted call does not.
@@ -73,13 +73,14 @@ def _direct_name(conv) -> str:
     return "onednn-prepacked" if conv.prepack else "conv_bn_act"
 
 
+def _tactic_key(conv, x, residual) -> tuple:
+    # what decides the speed, so the repeated blocks of a ResNet stage share one timing
+    return tuple(conv.weight.shape), tuple(x.shape), residual is not None
+
+
 def _run_tuned(conv, x, residual):
-    # One table per model (use_tuned_backends), keyed by what decides the speed, so the repeated
-    # blocks of a ResNet stage are timed once.
-    key = (tuple(conv.weight.shape), tuple(x.shape), residual is not None)
-    name = conv._tactics.get(key)
-    if name is not None:
-        return _BACKENDS[name](conv, x, residual)
+    """Time Winograd against the direct conv on this call's shapes, record the faster in the
+    model's table (use_tuned_backends) and return its output."""
     candidates = ["winograd", _direct_name(conv)]
     outputs = {name: _BACKENDS[name](conv, x, residual) for name in candidates}   # packs the weights
     best_time = dict.fromkeys(candidates, float("inf"))
@@ -89,7 +90,7 @@ def _run_tuned(conv, x, residual):
             outputs[name] = _BACKENDS[name](conv, x, residual)
             best_time[name] = min(best_time[name], time.perf_counter() - start)
     name = min(candidates, key=best_time.__getitem__)
-    conv._tactics[key] = name
+    conv._tactics[_tactic_key(conv, x, residual)] = name
     if name != "winograd":      # the loser's packed weight (Winograd's is 4x the weight) is repacked if needed
         conv._wino_packed = None
     else:
@@ -97,13 +98,20 @@ def _run_tuned(conv, x, residual):
     return outputs[name]
 
 
+def backend_name(conv, x: torch.Tensor, residual: torch.Tensor | None) -> str:
+    """What ``conv(x, residual)`` runs on: "winograd", "onednn-prepacked", "conv_bn_act", or
+    "tuning" for a tuned conv whose shapes have not been timed yet."""
+    if not (conv.winograd or conv.prepack or conv.tune) or not _cpu_fp32_inference(conv, x, residual):
+        return "conv_bn_act"
+    if conv.tune:
+        return conv._tactics.get(_tactic_key(conv, x, residual), "tuning")
+    return "winograd" if conv.winograd else "onednn-prepacked"
+
+
 def select(conv, x: torch.Tensor, residual: torch.Tensor | None) -> Callable:
     """The backend ``conv(x, residual)`` runs on: ``backend(conv, x, residual)``."""
-    if not (conv.winograd or conv.prepack or conv.tune) or not _cpu_fp32_inference(conv, x, residual):
-        return _run_op
-    if conv.tune:
-        return _run_tuned
-    return _run_winograd if conv.winograd else _run_onednn
+    name = backend_name(conv, x, residual)
+    return _run_tuned if name == "tuning" else _BACKENDS[name]
 
 
 def _fused_convs(fused_model: nn.Module):

@@ -42,7 +42,7 @@ namespace {
 typedef float vec8 __attribute__((vector_size(32)));
 typedef float vec16 __attribute__((vector_size(64)));
 constexpr int kLanes = 8;
-const bool kWideLanes = small_gemm_avx512_supported();
+const bool kWideLanes = cpu_has_avx512f();
 constexpr int kPos = kWinoTile * kWinoTile;  // 36 transform positions
 
 // The transforms run on 16 or 8 channels at a time (vec16, vec8) and on the channel tail one at a
@@ -97,16 +97,23 @@ struct GemmChoice {
 GemmChoice choose_gemm() {
   const char* env = std::getenv("SCRATCHDET_WINOGRAD_GEMM");
   const std::string want = env ? env : "native";
+  TORCH_CHECK(want == "native" || want == "blas" || want == "aten",
+              "winograd_conv3x3: SCRATCHDET_WINOGRAD_GEMM must be native, blas or aten, got '", want, "'");
   const SgemmFn sgemm = want == "aten" ? nullptr : find_sgemm();
-  if (want == "native" && small_gemm_avx512_supported()) return {GemmPath::kNative, nullptr};
+  if (want == "native" && cpu_has_avx512f()) return {GemmPath::kNative, nullptr};
   if (sgemm != nullptr) return {GemmPath::kBlas, sgemm};
   return {GemmPath::kAten, nullptr};
+}
+
+const GemmChoice& gemm_choice() {
+  static const GemmChoice choice = choose_gemm();
+  return choice;
 }
 
 // Row-major C[m, n] = A[m, k] @ B[k, n] (lda = k, ldb = ldc = n), single-threaded: callers run
 // it inside their own parallel region.
 void gemm_row_major(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c) {
-  static const GemmChoice gemm = choose_gemm();
+  const GemmChoice& gemm = gemm_choice();
   if (gemm.path == GemmPath::kNative) {
     small_gemm_avx512(m, n, k, a, b, c);
     return;
@@ -242,6 +249,7 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& packe
                                 bool relu) {
   check_winograd_conv3x3_args(input, packed_weight, bias, residual);
   check_device(input, c10::kCPU, "winograd_conv3x3", "input");
+  gemm_choice();  // resolved here, outside the parallel regions, so a bad SCRATCHDET_WINOGRAD_GEMM raises cleanly
   const auto format = input.suggest_memory_format();
   const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
   const auto u = packed_weight.contiguous();
