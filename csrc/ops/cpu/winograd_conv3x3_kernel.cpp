@@ -325,11 +325,13 @@ at::Tensor winograd_f43_pack_cpu(const at::Tensor& weight) {
   auto packed = at::empty({kPos, c_in, c_out}, weight.options().dtype(at::kFloat));
   const double* wp = w.const_data_ptr<double>();
   float* pp = packed.mutable_data_ptr<float>();
+  // the output channel innermost: each of a filter's 36 stores lands next to the previous filter's,
+  // so the packed weight is written a cache line at a time rather than one line per store
   at::parallel_for(0, c_out * c_in, 256, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
-      const int64_t o = i / c_in, ci = i % c_in;
+      const int64_t ci = i / c_out, o = i % c_out;
       double u[kPos];
-      winograd_f43_filter_transform(wp + i * 9, u);
+      winograd_f43_filter_transform(wp + (o * c_in + ci) * 9, u);
       for (int p = 0; p < kPos; ++p) pp[(p * c_in + ci) * c_out + o] = static_cast<float>(u[p]);
     }
   });
