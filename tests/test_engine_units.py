@@ -139,3 +139,36 @@ def test_jsonl_truncate_and_fluctuation(tmp_path):
     g = GradFluctuation()
     assert g.update(2.0) == 0.0 and g.update(5.0) == 3.0 and g.update(4.0) == 1.0
     assert math.isnan(g.update(float("inf"))) and g.update(4.5) == 0.5
+
+
+def test_make_writable_dir_is_safe_for_processes_checking_one_folder_at_once(tmp_path):
+    # torchrun's ranks check the same --out at once; a shared probe name let one rank delete the
+    # other's probe ("not writable (No such file or directory)")
+    import threading
+
+    from scratchdet.engine.checkpoint import make_writable_dir
+
+    out, errors = tmp_path / "run", []
+
+    def check():
+        try:
+            for _ in range(300):
+                make_writable_dir(str(out))
+        except OSError as exc:  # pragma: no cover - the failure this test guards against
+            errors.append(exc)
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and os.listdir(out) == []
+
+
+def test_make_writable_dir_refuses_a_folder_it_cannot_create(tmp_path):
+    from scratchdet.engine.checkpoint import make_writable_dir
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError):
+        make_writable_dir(str(blocker / "run"))

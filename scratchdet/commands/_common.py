@@ -8,12 +8,10 @@ from ..cli import CLIError
 
 def writable_dir(path: str) -> str:
     """Create `path` if needed and make sure we can write there; CLIError otherwise."""
+    from ..engine.checkpoint import make_writable_dir
+
     try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.unlink(probe)
+        make_writable_dir(path)
     except OSError as exc:
         raise CLIError(f"output folder {path!r} is not writable ({exc.strerror})") from None
     return path

@@ -222,12 +222,10 @@ class Ablation:
 
     # ------------------------------------------------------------------ the grid
     def _check_out(self) -> None:
+        from .checkpoint import make_writable_dir
+
         try:
-            os.makedirs(self.out, exist_ok=True)
-            probe = os.path.join(self.out, ".write-test")
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.unlink(probe)
+            make_writable_dir(self.out)
         except OSError as exc:
             raise AblationError(f"output folder {self.out!r} is not writable ({exc.strerror})") from None
         runs = os.path.join(self.out, "runs")

@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic writes, keep the last N and the best, safe loading."""
+"""Training checkpoints and output folders: atomic writes, keep the last N and the best, safe loading."""
 from __future__ import annotations
 
 import glob
@@ -29,6 +29,19 @@ def atomic_save(obj, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def make_writable_dir(path: str) -> None:
+    """Create ``path`` if needed and write a probe file there; OSError if that fails. The probe has
+    a unique name, so processes checking one folder at once (torchrun's ranks) do not delete each
+    other's."""
+    os.makedirs(path, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+    try:
+        os.write(fd, b"ok")
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 def rng_state() -> dict:
