@@ -5,7 +5,8 @@ import os
 import pytest
 import torch
 
-from scratchdet.engine.checkpoint import atomic_save, load_checkpoint, prune_checkpoints, rng_state, set_rng_state
+from scratchdet.engine.checkpoint import (atomic_save, load_checkpoint, make_writable_dir, prune_checkpoints, rng_state,
+                                         set_rng_state)
 from scratchdet.engine.config import PRESETS, make_config
 from scratchdet.engine.metrics import GradFluctuation, JSONLWriter, read_jsonl
 from scratchdet.engine.sampler import ResumableBatchSampler
@@ -146,8 +147,6 @@ def test_make_writable_dir_is_safe_for_processes_checking_one_folder_at_once(tmp
     # other's probe ("not writable (No such file or directory)")
     import threading
 
-    from scratchdet.engine.checkpoint import make_writable_dir
-
     out, errors = tmp_path / "run", []
 
     def check():
@@ -166,8 +165,6 @@ def test_make_writable_dir_is_safe_for_processes_checking_one_folder_at_once(tmp
 
 
 def test_make_writable_dir_refuses_a_folder_it_cannot_create(tmp_path):
-    from scratchdet.engine.checkpoint import make_writable_dir
-
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(OSError):
