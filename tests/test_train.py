@@ -1,9 +1,11 @@
 """End-to-end tests of the training engine on tiny synthetic data and a tiny model (CPU)."""
+import gc
 import json
 import os
 import socket
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
@@ -144,6 +146,17 @@ def test_one_nan_step_is_skipped_without_touching_the_weights(synth_root, tmp_pa
     assert trainer.skipped == 1 and trainer.bad_in_row == 1
 
 
+def test_close_stops_the_persistent_loader_workers(synth_root, tmp_path):
+    import multiprocessing
+
+    cfg = tiny_config(synth_root, tmp_path / "run", max_iters=2, workers=2, fast_kernels=True, ckpt_every=0)
+    with Trainer(cfg, progress=False) as trainer:
+        trainer.train()
+        assert len(multiprocessing.active_children()) == 2, "the fast path keeps its two workers alive"
+    assert multiprocessing.active_children() == [], "close() must end the loader's worker processes"
+    assert trainer.model.eval()(torch.zeros(1, 3, 64, 64)) is not None, "the model stays usable after close()"
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -155,14 +168,21 @@ def _ddp_worker(rank, world, port, root, out_dir, result_dir):
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    world_group = weakref.ref(dist.group.WORLD)
     try:
         info = DistInfo(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
         cfg = tiny_config(root, out_dir, max_iters=3, batch_size=2)
-        trainer = Trainer(cfg, dist_info=info, progress=False)
-        trainer.train()
+        with Trainer(cfg, dist_info=info, progress=False) as trainer:
+            trainer.train()
+            ddp = weakref.ref(trainer.net)
+        assert ddp() is None, "close() must release the DDP wrapper before the process group goes"
         torch.save(trainer.model.state_dict(), os.path.join(result_dir, f"rank{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    gc.collect()
+    # a group that outlives destroy_process_group is torn down at interpreter exit, where gloo can abort
+    assert world_group() is None, "something still holds the process group after destroy_process_group"
 
 
 def test_ddp_gloo_two_processes_end_with_identical_weights(synth_root, tmp_path):
@@ -183,9 +203,10 @@ def test_torchrun_cli_runs_ddp(synth_root, tmp_path):
                  "--set", f"model_overrides={json.dumps(TINY_MODEL)}"]
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "scratchdet", "train", "--config", "demo",
            "--data", synth_root, "--out", str(tmp_path / "run"), "--no-progress", *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # the fault handler names the frame if a rank dies in native code
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, f"stdout:\n{out.stdout[-3000:]}\nstderr:\n{out.stderr[-6000:]}"
     assert json.loads(out.stdout[out.stdout.index("{"):])["iteration"] == 2
     assert os.path.exists(tmp_path / "run" / "model_final.pt")
 

@@ -75,7 +75,8 @@ def run(args):
         trainer = Trainer(cfg, dist_info=init_distributed(pick_device(args.device)))
     except (ValueError, FileNotFoundError) as exc:
         raise CLIError(str(exc)) from None
-    summary = trainer.train()
+    with trainer:
+        summary = trainer.train()
     if summary.get("interrupted"):
         print(f"interrupted; resume with: scratchdet train --config demo --data {cfg.data_root} "
               f"--out {cfg.out_dir} --resume")

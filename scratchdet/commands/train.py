@@ -76,15 +76,15 @@ def run(args):
         raise CLIError(f"data not found: {cfg.data_root}")
     writable_dir(cfg.out_dir)
     info = init_distributed(pick_device(args.device))
+    finished = False
     try:
-        trainer = Trainer(cfg, dist_info=info, progress=not args.no_progress)
-        summary = trainer.train(resume=args.resume)
-    except (FileNotFoundError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
-    except NonFiniteTrainingError as exc:
+        with Trainer(cfg, dist_info=info, progress=not args.no_progress) as trainer:
+            summary = trainer.train(resume=args.resume)
+        finished = True
+    except (FileNotFoundError, ValueError, NonFiniteTrainingError) as exc:
         raise CLIError(str(exc)) from None
     finally:
-        cleanup(info)
+        cleanup(info, finished=finished)
     if info.is_main:
         printable = {k: v for k, v in summary.items() if k != "ap"}
         print(json.dumps(printable, indent=2))

@@ -180,7 +180,8 @@ class Ablation:
         result = {"setting": spec.setting.key, "label": spec.setting.label, "model": spec.setting.model,
                   "lr": spec.lr, "seed": spec.seed, "iterations": self.budget_iters}
         try:
-            summary = trainer.train(resume=resume or None)
+            with trainer:     # each run's loader workers end with the run, not at a later GC
+                summary = trainer.train(resume=resume or None)
         except NonFiniteTrainingError as exc:
             result.update(status="diverged", map=None, diverged_at=trainer.iteration, message=str(exc),
                           train_seconds=round(time.perf_counter() - start, 1))

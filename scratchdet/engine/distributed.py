@@ -6,6 +6,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+# Imported before any process group exists, on purpose: this module binds `group.WORLD` as default
+# arguments when first imported, and DDP's first construction imports it (through
+# torch.distributed._shard). Imported after init_process_group, it keeps the default group alive past
+# destroy_process_group, gloo's threads then meet interpreter finalization, and a rank can die with
+# SIGABRT ("terminate called without an active exception") after the run finished.
+import torch.distributed.nn.functional  # noqa: F401
 
 
 @dataclass
@@ -54,6 +60,12 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
-def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup(info: DistInfo, finished: bool = False) -> None:
+    """Tear the process group down. `finished`: every rank got to the end, so they first meet at a
+    barrier and leave together (otherwise a rank destroys its group while rank 0 still writes the
+    final model); after an error there is no barrier, since the other ranks may never reach it."""
+    if not (info.enabled and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()

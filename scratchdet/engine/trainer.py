@@ -3,6 +3,7 @@ non-finite guard, JSONL metrics with the paper's gradient statistics, periodic
 evaluation, atomic resumable checkpoints, and DDP through torchrun."""
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
@@ -86,6 +87,22 @@ class Trainer:
         self.history_map: list[tuple[int, float]] = []
         self.metrics = JSONLWriter(os.path.join(cfg.out_dir, "metrics.jsonl"))
         self._stop_signal = None
+
+    def close(self) -> None:
+        """Release the DDP wrapper and the persistent loader's worker processes now.
+
+        The trainer sits in reference cycles, so without this they live until some later garbage
+        collection, possibly interpreter exit, where a still-alive gloo process group can abort the
+        process ("terminate called without an active exception"). The model stays usable."""
+        self.net = self.model
+        self._persistent_loader = None
+        gc.collect()
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _check_sync_batch_norm(self) -> None:
         """SyncBN synchronises over GPUs only: under DDP on the CPU (gloo) torch cannot run it."""
