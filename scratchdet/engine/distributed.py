@@ -11,7 +11,8 @@ import torch.distributed as dist
 # torch.distributed._shard). Imported after init_process_group, it keeps the default group alive past
 # destroy_process_group, gloo's threads then meet interpreter finalization, and a rank can die with
 # SIGABRT ("terminate called without an active exception") after the run finished.
-import torch.distributed.nn.functional  # noqa: F401
+if dist.is_available():
+    import torch.distributed.nn.functional  # noqa: F401
 
 
 @dataclass
