@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from scratchdet.engine.config import make_config
-from scratchdet.engine.distributed import DistInfo
+from scratchdet.engine.distributed import DistInfo, cleanup
 from scratchdet.engine.trainer import NonFiniteTrainingError, Trainer
 
 TINY_MODEL = {"width": 8, "extra_channels": 16, "image_size": 64}
@@ -172,17 +172,18 @@ def _ddp_worker(rank, world, port, root, out_dir, result_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     world_group = weakref.ref(dist.group.WORLD)
+    info = DistInfo(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
+    finished = False
     try:
-        info = DistInfo(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"))
         cfg = tiny_config(root, out_dir, max_iters=3, batch_size=2)
         with Trainer(cfg, dist_info=info, progress=False) as trainer:
             trainer.train()
             ddp = weakref.ref(trainer.net)
         assert ddp() is None, "close() must release the DDP wrapper before the process group goes"
         torch.save(trainer.model.state_dict(), os.path.join(result_dir, f"rank{rank}.pt"))
-        dist.barrier()
+        finished = True
     finally:
-        dist.destroy_process_group()
+        cleanup(info, finished=finished)            # the CLI's teardown
     gc.collect()
     # a group that outlives destroy_process_group is torn down at interpreter exit, where gloo can abort
     assert world_group() is None, "something still holds the process group after destroy_process_group"

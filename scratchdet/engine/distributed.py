@@ -68,5 +68,5 @@ def cleanup(info: DistInfo, finished: bool = False) -> None:
     if not (info.enabled and dist.is_initialized()):
         return
     if finished:
-        dist.barrier()
+        barrier(info)
     dist.destroy_process_group()

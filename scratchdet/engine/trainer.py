@@ -3,7 +3,6 @@ non-finite guard, JSONL metrics with the paper's gradient statistics, periodic
 evaluation, atomic resumable checkpoints, and DDP through torchrun."""
 from __future__ import annotations
 
-import gc
 import math
 import os
 import signal
@@ -96,7 +95,6 @@ class Trainer:
         process ("terminate called without an active exception"). The model stays usable."""
         self.net = self.model
         self._persistent_loader = None
-        gc.collect()
 
     def __enter__(self) -> "Trainer":
         return self
