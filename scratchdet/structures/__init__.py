@@ -1,0 +1,5 @@
+"""The bottom layer that models, data and evaluation share: error types, image conversion and the
+input spec, target padding and checks, atomic file writes. It imports nothing above it."""
+from .errors import BadImageError, CheckpointError, ConfigError, DataError, UserError
+
+__all__ = ["UserError", "ConfigError", "DataError", "BadImageError", "CheckpointError"]
