@@ -264,7 +264,7 @@ class CheckpointHook(HookBase):
         self.last_good: str | None = None
 
     def before_train(self) -> None:
-        self.last_good = self.trainer.resumed_from
+        self.last_good = self.last_good or self.trainer.resumed_from   # named if the disk fills up
 
     def save(self) -> str | None:
         """Write a checkpoint of the trainer now (every rank calls it; rank 0 writes)."""
