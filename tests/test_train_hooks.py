@@ -217,3 +217,22 @@ def test_scratchdet_load_of_a_damaged_file_is_a_checkpoint_error(tmp_path):
     path.write_bytes(b"not a zip at all")
     with pytest.raises(CheckpointError, match=str(path)):
         scratchdet.load(path)
+
+
+def test_a_checkpoint_of_the_earlier_layout_still_resumes(synth_root, tmp_path):
+    """Checkpoints written before the hooks kept the guard's, the log's and the evaluation's state
+    at the top level; they resume into the hooks."""
+    cfg = tiny_config(synth_root, tmp_path / "run", max_iters=4)
+    first = Trainer(cfg, progress=False)
+    first.train(stop_after=2)
+    path = tmp_path / "run" / "checkpoints" / "iter_00000002.pt"
+    ckpt = load_checkpoint(str(path))
+    hooks = ckpt.pop("hooks")
+    del ckpt["format"], ckpt["version"]
+    ckpt.update(fluct=hooks["training_log"]["grad_fluct"], bad_in_row=1, skipped=3, best_map=0.25,
+                history_map=[[2, 0.25]])
+    torch.save(ckpt, path)
+    resumed = Trainer(cfg, progress=False)
+    assert resumed.resume(str(path)) == 2
+    assert (resumed.skipped, resumed.bad_in_row, resumed.best_map) == (3, 1, 0.25)
+    assert resumed.state_dict()["hooks"]["training_log"] == hooks["training_log"]
