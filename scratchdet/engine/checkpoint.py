@@ -50,8 +50,10 @@ def load_checkpoint(path: str) -> dict:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of torch's message: what failed, without its advice to load with
+    weights_only=False (running code from a damaged or foreign file is no fix)."""
     text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else "no message"
+    return text.splitlines()[0].split(". ")[0][:200] if text else "no message"
 
 
 def load_newest_checkpoint(out_dir: str) -> tuple[str, dict, list[tuple[str, str]]]:

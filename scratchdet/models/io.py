@@ -50,7 +50,8 @@ def load(path, map_location="cpu", backbone=None):
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling refused, truncated zip, bad magic, ...: all mean "not our file"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's first sentence: its advice to load with weights_only=False is no fix for a damaged file
+        first_line = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise _invalid(path, f"the file is corrupt, truncated or holds non-weight objects "
                              f"({type(exc).__name__}: {first_line})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
