@@ -5,12 +5,13 @@ import os
 import pytest
 import torch
 
-from scratchdet.engine.checkpoint import (atomic_save, load_checkpoint, make_writable_dir, prune_checkpoints, rng_state,
-                                         set_rng_state)
+from scratchdet.engine.checkpoint import load_checkpoint, prune_checkpoints, rng_state, set_rng_state
 from scratchdet.engine.config import PRESETS, make_config
-from scratchdet.engine.metrics import GradFluctuation, JSONLWriter, read_jsonl
+from scratchdet.engine.training_log import GradFluctuation, JSONLWriter, read_jsonl
 from scratchdet.engine.sampler import ResumableBatchSampler
 from scratchdet.engine.schedule import lr_factor
+from scratchdet.structures.errors import CheckpointError
+from scratchdet.structures.files import atomic_save, make_writable_dir
 
 
 def test_warmup_starts_at_a_third_and_reaches_one():
@@ -88,12 +89,12 @@ def test_atomic_save_and_bad_checkpoints(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    with pytest.raises(RuntimeError, match="truncated, corrupt or not a scratchdet checkpoint"):
+    with pytest.raises(CheckpointError, match="truncated, corrupt or not a scratchdet checkpoint"):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(str(tmp_path / "missing.pt"))
     atomic_save({"hello": 1}, path)
-    with pytest.raises(RuntimeError, match="not a scratchdet training checkpoint"):
+    with pytest.raises(CheckpointError, match="not a scratchdet training checkpoint"):
         load_checkpoint(path)
 
 

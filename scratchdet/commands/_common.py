@@ -8,7 +8,7 @@ from ..cli import CLIError
 
 def writable_dir(path: str) -> str:
     """Create `path` if needed and make sure we can write there; CLIError otherwise."""
-    from ..engine.checkpoint import make_writable_dir
+    from ..structures.files import make_writable_dir
 
     try:
         make_writable_dir(path)

@@ -15,8 +15,21 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["Setting", "BN_LR_SETTINGS", "STEM_SETTINGS", "BN_LR_LRS", "PAPER_BN_LR", "PAPER_STEM", "RunSpec",
-           "Ablation", "AblationError"]
+from PIL import Image
+
+from ..evaluation import coco_eval, detections_to_coco, small_object_map
+from ..models.registry import list_models
+from ..structures.files import make_writable_dir
+from .checkpoint import latest_checkpoint
+from .config import make_config
+from .data_setup import ensure_synthetic
+from .distributed import init_distributed
+from .evaluate import evaluate_model, pixel_inclusive
+from .report import ablation_table, plot_ablation_figures
+from .trainer import NonFiniteTrainingError, Trainer
+
+__all__ = ["Setting", "BN_LR_SETTINGS", "STEM_SETTINGS", "BN_LR_LRS", "RunSpec", "Ablation",
+           "AblationError"]
 
 
 class AblationError(ValueError):
@@ -48,16 +61,6 @@ STEM_SETTINGS = {
     "d": Setting("d", "(d) Root-ResNet-18", "root_resnet18_ssd_small"),
 }
 STEM_LR = 0.05
-
-# The paper's VOC07-test mAP (%), None = NAN (did not converge)
-PAPER_BN_LR = {
-    ("none", 0.001): 67.6, ("none", 0.01): None, ("none", 0.05): None,
-    ("head", 0.001): 71.0, ("head", 0.01): 75.6, ("head", 0.05): None,
-    ("backbone", 0.001): 72.8, ("backbone", 0.01): 77.8, ("backbone", 0.05): 78.0,
-    ("both", 0.001): 71.8, ("both", 0.01): 77.3, ("both", 0.05): 78.7,
-}
-PAPER_STEM = {"a": 73.1, "b": 75.3, "c": 77.6, "d": 78.5}
-
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -122,7 +125,6 @@ class Ablation:
         known = BN_LR_SETTINGS if kind == "bn-lr" else STEM_SETTINGS
         chosen = {k: known[k] for k in _parse_keys(settings, known, "setting(s)")}
         if model is not None:
-            from ..models.registry import list_models
             if kind == "stem":
                 raise AblationError("--model applies to bn-lr; the stem study compares its own four networks")
             if model not in list_models():
@@ -136,8 +138,6 @@ class Ablation:
 
     # ------------------------------------------------------------------ data
     def _data_root(self) -> str:
-        from .data_setup import ensure_synthetic
-
         if self.data:
             if not os.path.isdir(self.data):
                 raise AblationError(f"data folder not found: {self.data}")
@@ -149,8 +149,6 @@ class Ablation:
         return os.path.join(self.out, "runs", spec.key)
 
     def _train_config(self, spec: RunSpec, data_root: str):
-        from .config import make_config
-
         iters = self.budget_iters
         extra = dict(self.train_overrides)
         # the user's model overrides, with the setting's switches on top (they are the experiment)
@@ -168,10 +166,6 @@ class Ablation:
         return make_config(None, options)
 
     def _train_one(self, spec: RunSpec, data_root: str) -> dict:
-        from .distributed import init_distributed
-        from .trainer import NonFiniteTrainingError, Trainer
-        from .checkpoint import latest_checkpoint
-
         cfg = self._train_config(spec, data_root)
         trainer = Trainer(cfg, dist_info=init_distributed(self.device), progress=False)
         val_set, trainer.val_set = trainer.val_set, None          # evaluated once, below
@@ -183,7 +177,7 @@ class Ablation:
             with trainer:     # each run's loader workers end with the run, not at a later GC
                 summary = trainer.train(resume=resume or None)
         except NonFiniteTrainingError as exc:
-            result.update(status="diverged", map=None, diverged_at=trainer.iteration, message=str(exc),
+            result.update(status="diverged", map=None, diverged_at=exc.iteration, message=str(exc),
                           train_seconds=round(time.perf_counter() - start, 1))
             return result
         if summary.get("interrupted"):
@@ -193,9 +187,6 @@ class Ablation:
         return result
 
     def _evaluate(self, model, val_set, data_root: str, workers: int) -> dict:
-        from ..evaluation import coco_eval, detections_to_coco, small_object_map
-        from .evaluate import evaluate_model, pixel_inclusive
-
         r = evaluate_model(model, val_set, batch_size=self.batch_size, device=model.priors.device,
                            workers=workers)                     # the trainer's resolved count (-1 is auto)
         out = {"map": r["map"], "ap": {val_set.classes[int(k) - 1]: v for k, v in r["ap"].items()}}
@@ -203,7 +194,6 @@ class Ablation:
             return out
         sizes = [(rec.width, rec.height) for rec in val_set.records]
         if any(w is None for w, _ in sizes):
-            from PIL import Image
             sizes = [Image.open(rec.image_path).size for rec in val_set.records]
         small = small_object_map(r["detections"], r["annotations"], sizes, model.input_size,
                                  pixel_inclusive=pixel_inclusive(val_set))
@@ -223,8 +213,6 @@ class Ablation:
 
     # ------------------------------------------------------------------ the grid
     def _check_out(self) -> None:
-        from .checkpoint import make_writable_dir
-
         try:
             make_writable_dir(self.out)
         except OSError as exc:
@@ -270,8 +258,6 @@ class Ablation:
 
     # ------------------------------------------------------------------ report
     def write_report(self, results: list[dict], data_root: str) -> dict:
-        from .report import ablation_table, plot_ablation_figures
-
         summary = {"kind": self.kind, "data": data_root, "budget_iters": self.budget_iters,
                    "batch_size": self.batch_size, "seeds": self.seeds, "lrs": self.lrs,
                    "settings": {k: asdict(s) for k, s in self.settings.items()}, "runs": results}

@@ -1,47 +1,17 @@
-"""Training checkpoints and output folders: atomic writes, keep the last N and the best, safe loading."""
+"""Training checkpoints in a run folder: names, listing, pruning, safe loading (with a fall-back
+past damaged files) and the global RNG states they carry. Writes go through the one atomic
+writer, ``scratchdet.structures.files.atomic_save``."""
 from __future__ import annotations
 
 import glob
 import os
 import random
 import re
-import tempfile
 
 import numpy as np
 import torch
 
-
-def atomic_save(obj, path: str) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`.
-
-    A crash at any point leaves either the old file or the new one, never half of one.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def make_writable_dir(path: str) -> None:
-    """Create ``path`` if needed and write a probe file there; OSError if that fails. The probe has
-    a unique name, so processes checking one folder at once (torchrun's ranks) do not delete each
-    other's."""
-    os.makedirs(path, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
-    try:
-        os.write(fd, b"ok")
-    finally:
-        os.close(fd)
-        os.unlink(probe)
+from ..structures.errors import CheckpointError
 
 
 def rng_state() -> dict:
@@ -65,17 +35,42 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_checkpoint(path: str) -> dict:
-    """Load a training checkpoint without running code from it; clear errors for bad files."""
+    """Load a training checkpoint without running code from it. A missing file is a
+    FileNotFoundError; a truncated, damaged or foreign one a one-line CheckpointError naming it."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, tampered, or not a checkpoint at all
-        raise RuntimeError(f"cannot read checkpoint {path}: it is truncated, corrupt or not a scratchdet "
-                           f"checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated, corrupt or not a scratchdet "
+                              f"checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "iteration" not in ckpt:
-        raise RuntimeError(f"{path} is not a scratchdet training checkpoint (missing model/iteration)")
+        raise CheckpointError(f"{path} is not a scratchdet training checkpoint (missing model/iteration)")
     return ckpt
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of torch's message: what failed, without its advice to load with
+    weights_only=False (running code from a damaged or foreign file is no fix)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0][:200] if text else "no message"
+
+
+def load_newest_checkpoint(out_dir: str) -> tuple[str, dict, list[tuple[str, str]]]:
+    """The newest checkpoint of ``out_dir`` that loads: ``(path, checkpoint, skipped)``, where
+    ``skipped`` lists the newer files that did not load and why. FileNotFoundError when the run has
+    no checkpoint; CheckpointError when none of them loads."""
+    paths = list_checkpoints(out_dir)
+    if not paths:
+        raise FileNotFoundError(f"--resume: no checkpoint in {os.path.join(out_dir, 'checkpoints')}")
+    skipped = []
+    for path in reversed(paths):
+        try:
+            return path, load_checkpoint(path), skipped
+        except (CheckpointError, FileNotFoundError) as exc:   # FileNotFoundError: pruned meanwhile
+            skipped.append((path, str(exc)))
+    raise CheckpointError(f"--resume: none of the {len(paths)} checkpoints in {os.path.dirname(paths[0])} "
+                          f"loads (the newest: {skipped[0][1]})")
 
 
 def checkpoint_path(out_dir: str, iteration: int) -> str:
@@ -83,6 +78,7 @@ def checkpoint_path(out_dir: str, iteration: int) -> str:
 
 
 def list_checkpoints(out_dir: str) -> list[str]:
+    """The run's checkpoints, oldest first."""
     paths = glob.glob(os.path.join(out_dir, "checkpoints", "iter_*.pt"))
     return sorted(paths, key=lambda p: int(re.findall(r"iter_(\d+)", p)[-1]))
 

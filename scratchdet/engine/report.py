@@ -5,7 +5,19 @@ from __future__ import annotations
 import os
 import statistics
 
-__all__ = ["ablation_table", "plot_ablation_figures", "format_cell"]
+from .training_log import read_jsonl
+from .visualize import plot_figure1
+
+__all__ = ["ablation_table", "plot_ablation_figures", "format_cell", "PAPER_BN_LR", "PAPER_STEM"]
+
+# The paper's VOC07-test mAP (%), None = NAN (did not converge)
+PAPER_BN_LR = {
+    ("none", 0.001): 67.6, ("none", 0.01): None, ("none", 0.05): None,
+    ("head", 0.001): 71.0, ("head", 0.01): 75.6, ("head", 0.05): None,
+    ("backbone", 0.001): 72.8, ("backbone", 0.01): 77.8, ("backbone", 0.05): 78.0,
+    ("both", 0.001): 71.8, ("both", 0.01): 77.3, ("both", 0.05): 78.7,
+}
+PAPER_STEM = {"a": 73.1, "b": 75.3, "c": 77.6, "d": 78.5}
 
 
 def format_cell(runs: list[dict], key: str = "map") -> str:
@@ -31,8 +43,6 @@ def _paper(value) -> str:
 
 def ablation_table(kind: str, settings: dict, lrs: list, results: list[dict], budget_iters: int,
                    batch_size: int) -> str:
-    from .ablation import PAPER_BN_LR, PAPER_STEM
-
     def cell(setting, lr, key="map"):
         return format_cell([r for r in results if r["setting"] == setting and r["lr"] == lr], key)
 
@@ -67,9 +77,6 @@ def ablation_table(kind: str, settings: dict, lrs: list, results: list[dict], bu
 
 def plot_ablation_figures(out: str, settings: dict, lrs: list, run_dirs: dict) -> list[str]:
     """One ``figure1_lr<lr>.png`` per learning rate: the settings' curves overlaid."""
-    from .metrics import read_jsonl
-    from .visualize import plot_figure1
-
     paths = []
     for lr in lrs:
         curves = {}

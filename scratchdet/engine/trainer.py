@@ -1,35 +1,44 @@
-"""The from-scratch training loop: SGD + warmup + multistep/cosine, AMP on CUDA,
-non-finite guard, JSONL metrics with the paper's gradient statistics, periodic
-evaluation, atomic resumable checkpoints, and DDP through torchrun."""
+"""The from-scratch training loop: SGD + warmup + multistep/cosine, AMP on CUDA, and DDP through
+torchrun. The loop loads batches and runs the step; the LR schedule, the non-finite guard, the
+training log (JSONL, with the paper's gradient statistics), the progress bar, periodic evaluation
+and the atomic, resumable checkpoints are hooks (``engine/hooks.py``); users add their own with
+``Trainer(cfg, hooks=[...])`` or :meth:`Trainer.register_hooks`."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import time
+import warnings
+import weakref
+from typing import Iterable, Iterator
 
 import torch
+import torch.distributed
 from torch.utils.data import DataLoader
 
-from .checkpoint import (atomic_save, checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints,
-                         rng_state, set_rng_state)
+from ..data import collate_detection
+from ..models import build_model
+from ..models.layers import is_norm, use_fused_batch_norm
+from ..models.ssd import DETECT_DEFAULTS
+from .checkpoint import load_checkpoint, load_newest_checkpoint
 from .config import TrainConfig
-from .distributed import DistInfo, barrier, broadcast_flag, init_distributed
-from .metrics import GradFluctuation, JSONLWriter
+from .data_setup import build_datasets
+from .distributed import DistInfo, broadcast_flag, init_distributed
+from .hooks import (CheckpointHook, EvaluationHook, HookBase, LRScheduleHook, NonFiniteGuard, NonFiniteTrainingError,
+                    ProgressHook, TrainingLogHook, has_state, hook_state_key)
 from .sampler import ResumableBatchSampler
-from .schedule import lr_factor
+from .train_state import TrainState
+from .training_log import JSONLWriter
 
-
-class NonFiniteTrainingError(RuntimeError):
-    """Raised after `max_bad_steps` non-finite steps in a row."""
+__all__ = ["Trainer", "NonFiniteTrainingError", "param_groups"]
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
     """Weight decay on conv/linear weights; optionally none on BN parameters and biases."""
     if not no_decay_bn_bias:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    from ..models.layers import is_norm
-
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -40,11 +49,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_bn_bias: 
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, dist_info: DistInfo | None = None, device: str | None = None,
-                 progress: bool = True, train_set=None, val_set=None, classes=None):
-        from .data_setup import build_datasets
-        from ..models import build_model
+    """Trains ``cfg`` to ``cfg.max_iters``; ``hooks`` are the user's, run after the default hooks
+    (and before the checkpointer, so checkpoints hold their state)."""
 
+    def __init__(self, cfg: TrainConfig, dist_info: DistInfo | None = None, device: str | None = None,
+                 progress: bool = True, train_set=None, val_set=None, classes=None,
+                 hooks: Iterable[HookBase] = ()):
         self.cfg = cfg
         self.dist = dist_info or init_distributed(device)
         self.device = self.dist.device
@@ -53,17 +63,7 @@ class Trainer:
         if train_set is None:
             train_set, val_set, classes = build_datasets(cfg, self.dist)
         self.train_set, self.val_set, self.classes = train_set, val_set, classes
-        self.model = build_model(cfg.model, num_classes=len(classes) + 1, **cfg.model_overrides).to(self.device)
-        self.model.class_names = list(classes)  # saved with the weights by scratchdet.save
-        from ..models.layers import use_fused_batch_norm
-
-        use_fused_batch_norm(self.model, cfg.fast_kernels)     # off: the stock BatchNorm / add / ReLU ops
-        cached = bool(cfg.fast_kernels and cfg.cache_images and hasattr(train_set, "cache_images")
-                      and train_set.cache_images(int(cfg.cache_max_mb) << 20))
-        self.workers = self.loader_workers(cfg, cached)
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model = self.model.to(memory_format=self.memory_format)
-        self._check_sync_batch_norm()
+        self.model = self._build_model(train_set)
         self.net = self.model
         if self.dist.enabled:
             # device_ids=None: DDP leaves the inputs where they are, so the targets reach the model on
@@ -79,13 +79,56 @@ class Trainer:
                                              rank=self.dist.rank, world_size=self.dist.world_size,
                                              with_epoch=cfg.fast_kernels)
         self._persistent_loader = None
-        self.fluct = GradFluctuation()
-        self.iteration, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.bad_in_row, self.skipped = 0, 0
-        self.best_map = -1.0
-        self.history_map: list[tuple[int, float]] = []
-        self.metrics = JSONLWriter(os.path.join(cfg.out_dir, "metrics.jsonl"))
+        self.training_log = JSONLWriter(os.path.join(cfg.out_dir, "metrics.jsonl"))
+        self.hooks: list[HookBase] = []
+        meta = {"model_config": getattr(self.model, "config", {}), "classes": list(self.classes)}
+        self.state = TrainState(self.model, self.optimizer, self.scaler, self.hooks,
+                                describe=lambda config=cfg: {**meta, "train_config": config.to_dict()})
+        self.step_record: dict = {}     # the running step's record, for the hooks' after_step
+        self.step_images = 0            # images in the running step, over all ranks
+        self.summary: dict = {}         # what train() returns; hooks add to it in after_train
+        self.resumed_from: str | None = None
         self._stop_signal = None
+        self.register_hooks(self.default_hooks())
+        self.register_hooks(hooks)
+
+    def _build_model(self, train_set) -> torch.nn.Module:
+        cfg = self.cfg
+        model = build_model(cfg.model, num_classes=len(self.classes) + 1, **cfg.model_overrides).to(self.device)
+        model.class_names = list(self.classes)  # saved with the weights by scratchdet.save
+        use_fused_batch_norm(model, cfg.fast_kernels)     # off: the stock BatchNorm / add / ReLU ops
+        cached = bool(cfg.fast_kernels and cfg.cache_images and hasattr(train_set, "cache_images")
+                      and train_set.cache_images(int(cfg.cache_max_mb) << 20))
+        self.workers = self.loader_workers(cfg, cached)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        model = model.to(memory_format=self.memory_format)
+        self._check_sync_batch_norm(model)
+        return model
+
+    def default_hooks(self) -> list[HookBase]:
+        cfg = self.cfg
+        return [LRScheduleHook(), NonFiniteGuard(cfg.max_bad_steps), TrainingLogHook(cfg.log_every),
+                ProgressHook(self.progress, cfg.log_every), EvaluationHook(cfg.eval_every),
+                CheckpointHook(cfg.ckpt_every, cfg.keep_last)]
+
+    def register_hooks(self, hooks: Iterable[HookBase]) -> None:
+        """Add hooks after those registered, but before the checkpointer, which stays last so that a
+        checkpoint holds every hook's state after the step."""
+        for hook in hooks:
+            if not isinstance(hook, HookBase):
+                raise TypeError(f"a training hook must derive from scratchdet.engine.hooks.HookBase, "
+                                f"got {type(hook).__name__}")
+            key = hook_state_key(hook)
+            if has_state(hook) and any(has_state(h) and hook_state_key(h) == key for h in self.hooks):
+                raise ValueError(f"two hooks keep their state under {key!r} in checkpoints; give one "
+                                 "another state_key")
+            hook.trainer = weakref.proxy(self)    # no reference cycle through the hooks
+            last = len(self.hooks) - 1
+            at = last if self.hooks and isinstance(self.hooks[last], CheckpointHook) else len(self.hooks)
+            self.hooks.insert(at, hook)
+
+    def _hook(self, kind: type) -> HookBase:
+        return next(h for h in self.hooks if isinstance(h, kind))
 
     def close(self) -> None:
         """Release the DDP wrapper and the persistent loader's worker processes now.
@@ -102,11 +145,11 @@ class Trainer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _check_sync_batch_norm(self) -> None:
+    def _check_sync_batch_norm(self, model: torch.nn.Module) -> None:
         """SyncBN synchronises over GPUs only: under DDP on the CPU (gloo) torch cannot run it."""
         if not (self.dist.enabled and self.device.type != "cuda"):
             return
-        if any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.model.modules()):
+        if any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()):
             raise ValueError("norm 'syncbn' synchronises BatchNorm statistics over GPUs under DDP; this run is "
                              f"on {self.device.type} (gloo), where torch cannot: use norm 'bn' (per-process "
                              "statistics, averaged before checkpoints and evaluation) or 'gn'")
@@ -124,65 +167,76 @@ class Trainer:
         cores = os.cpu_count() or 1
         return 0 if cached and cores <= 2 else min(8, max(1, cores // 2))
 
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "model_config": getattr(self.model, "config", {}),
-            "classes": list(self.classes),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "iteration": self.iteration,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "rng": rng_state(),
-            "fluct": self.fluct.state_dict(),
-            "bad_in_row": self.bad_in_row,
-            "skipped": self.skipped,
-            "best_map": self.best_map,
-            "history_map": self.history_map,
-            "train_config": self.cfg.to_dict(),
-        }
+    # ------------------------------------------------------------------ the state
+    @property
+    def iteration(self) -> int:
+        """Steps done."""
+        return self.state.iteration
 
-    def _sync_buffers(self) -> None:
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    @property
+    def skipped(self) -> int:
+        """Steps skipped as non-finite."""
+        return self._hook(NonFiniteGuard).skipped
+
+    @property
+    def bad_in_row(self) -> int:
+        return self._hook(NonFiniteGuard).bad_in_row
+
+    @property
+    def best_map(self) -> float:
+        return self._hook(EvaluationHook).best_map
+
+    @property
+    def interrupted(self) -> bool:
+        """The run was stopped by SIGTERM / SIGINT."""
+        return self._stop_signal is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.state.iteration >= self.cfg.max_iters
+
+    def state_dict(self) -> dict:
+        """What a checkpoint holds (:class:`TrainState`)."""
+        return self.state.state_dict()
+
+    def sync_buffers(self) -> None:
         """Average BN running statistics over ranks (without SyncBN each rank's differ after the last step)."""
         if not self.dist.enabled:
             return
-        import torch.distributed as dist
-
         for buf in self.model.buffers():
             if buf.is_floating_point():
-                dist.all_reduce(buf)
+                torch.distributed.all_reduce(buf)
                 buf /= self.dist.world_size
 
     def save_checkpoint(self) -> str | None:
-        self._sync_buffers()  # every rank calls save_checkpoint; only rank 0 writes
-        if not self.dist.is_main:
-            return None
-        path = checkpoint_path(self.cfg.out_dir, self.iteration)
-        atomic_save(self.state_dict(), path)
-        atomic_save(self.state_dict(), os.path.join(self.cfg.out_dir, "last.pt"))
-        prune_checkpoints(self.cfg.out_dir, self.cfg.keep_last)
-        return path
+        """Write a checkpoint now (every rank calls it; rank 0 writes and gets the path)."""
+        return self._hook(CheckpointHook).save()
+
+    def evaluate(self) -> dict:
+        """Evaluate now, logged like a periodic evaluation (every rank calls it)."""
+        return self._hook(EvaluationHook).evaluate()
 
     def resume(self, path: str | bool = True) -> int:
-        """Restore everything from `path` (or the newest checkpoint in out_dir when True)."""
+        """Restore everything from `path`, or when True from the newest checkpoint in out_dir that
+        loads (one warning names the damaged newer ones it skipped)."""
         if path is True:
-            path = latest_checkpoint(self.cfg.out_dir)
-            if path is None:
-                raise FileNotFoundError(f"--resume: no checkpoint in {os.path.join(self.cfg.out_dir, 'checkpoints')}")
-        ckpt = load_checkpoint(path)
+            path, ckpt, skipped = load_newest_checkpoint(self.cfg.out_dir)
+            if skipped and self.dist.is_main:
+                warnings.warn("--resume: skipped " + "; ".join(why for _, why in skipped) + f"; resuming from {path}",
+                              stacklevel=3)
+        else:
+            ckpt = load_checkpoint(path)
         self._check_resumable(ckpt, path)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.iteration, self.epoch, self.batch_in_epoch = ckpt["iteration"], ckpt["epoch"], ckpt["batch_in_epoch"]
-        self.fluct.load_state_dict(ckpt["fluct"])
-        self.bad_in_row, self.skipped = ckpt["bad_in_row"], ckpt["skipped"]
-        self.best_map, self.history_map = ckpt["best_map"], [tuple(x) for x in ckpt["history_map"]]
-        set_rng_state(ckpt["rng"])
+        self.state.load_state_dict(ckpt)
+        if self.state.batch_in_epoch >= self.sampler.batches_per_epoch():   # saved at an epoch's end
+            self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+        self.resumed_from = path
         if self.dist.is_main:
-            self.metrics.truncate_after(self.iteration)
+            self.training_log.truncate_after(self.iteration)   # steps run again are logged again
         return self.iteration
 
     def _check_resumable(self, ckpt: dict, path: str) -> None:
@@ -191,9 +245,7 @@ class Trainer:
         if ckpt.get("classes") is not None and list(ckpt["classes"]) != list(self.classes):
             raise ValueError(f"--resume: {path} was trained on classes {ckpt['classes']}, but the data set "
                              f"has {list(self.classes)}")
-        from ..models.ssd import DETECT_DEFAULTS   # detection settings do not touch the weights
-
-        saved = ckpt.get("model_config") or {}
+        saved = ckpt.get("model_config") or {}   # detection settings do not touch the weights
         changed = sorted(k for k in saved if k not in DETECT_DEFAULTS and saved[k] != self.model.config.get(k))
         if changed:
             diff = ", ".join(f"{k}: {saved.get(k)!r} -> {self.model.config.get(k)!r}" for k in changed)
@@ -202,48 +254,12 @@ class Trainer:
         before, now = ckpt.get("train_config") or {}, self.cfg.to_dict()
         changed = [k for k in sorted(now) if k in before and before[k] != now[k] and k != "out_dir"]
         if changed and self.dist.is_main:
-            import warnings
             warnings.warn("resuming with changed training options: " +
-                          ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed), stacklevel=3)
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(self) -> dict:
-        from .evaluate import evaluate_model
-
-        result = {}
-        self._sync_buffers()
-        if self.dist.is_main and self.val_set is not None:
-            result = evaluate_model(self.model, self.val_set, batch_size=self.cfg.batch_size, device=self.device,
-                                    max_images=self.cfg.eval_max_images, workers=self.workers,
-                                    memory_format=self.memory_format)
-            self.history_map.append((self.iteration, result["map"]))
-            record = {"iter": self.iteration, "map": result["map"], "eval": True}
-            if "coco" in result:
-                record["coco"] = result["coco"]
-            self.metrics.write(record)
-            if result["map"] > self.best_map:
-                self.best_map = result["map"]
-                from ..models.io import save
-                save(self.model, os.path.join(self.cfg.out_dir, "best_model.pt"))
-        barrier(self.dist)
-        return result
+                          ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed), stacklevel=4)
 
     # ------------------------------------------------------------------ the loop
-    def _on_signal(self, signum, frame):
-        self._stop_signal = signum
-
-    def _set_lr(self) -> float:
-        f = lr_factor(self.iteration, self.cfg.max_iters, self.cfg.warmup_iters, self.cfg.warmup_factor,
-                      self.cfg.schedule, self.cfg.milestones, self.cfg.gamma)
-        lr = self.cfg.lr * f
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
     def _loader(self) -> DataLoader:
-        from ..data import collate_detection
-
-        self.sampler.set_position(self.epoch, self.batch_in_epoch)
+        self.sampler.set_position(self.state.epoch, self.state.batch_in_epoch)
         if self.cfg.fast_kernels:           # one loader; its persistent workers live across epochs
             if self._persistent_loader is None:
                 self._persistent_loader = DataLoader(
@@ -252,14 +268,16 @@ class Trainer:
                     persistent_workers=self.workers > 0)
             return self._persistent_loader
         if hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(self.epoch)
+            self.train_set.set_epoch(self.state.epoch)
         return DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=self.workers,
                           collate_fn=collate_detection, pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
 
     def _step(self, images, targets) -> dict:
+        """One SGD step at the lr the schedule hook set; a non-finite loss (or, without AMP,
+        gradient) skips the update. Returns the step's record."""
         cfg = self.cfg
-        lr = self._set_lr()
+        lr = self.optimizer.param_groups[0]["lr"]
         self.net.train()
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         # the targets stay on the host: the model checks them there, then copies them to its device
@@ -281,100 +299,78 @@ class Trainer:
         bad = not loss_finite or (not self.use_amp and not math.isfinite(grad_norm))
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
-            self.bad_in_row += 1
-            self.skipped += 1
             if self.use_amp:
                 self.scaler.update()
-            if self.bad_in_row >= cfg.max_bad_steps:
-                raise NonFiniteTrainingError(
-                    f"training diverged: {self.bad_in_row} non-finite steps in a row, the last at iteration "
-                    f"{self.iteration} (loss={float(loss.detach())}, grad_norm={grad_norm}). Lower the lr "
-                    f"(now {lr:g}), enable BN in backbone and head, or set grad_clip.")
         else:
-            self.bad_in_row = 0
             self.scaler.step(self.optimizer)
             self.scaler.update()
         return {
-            "epoch": self.epoch, "lr": lr,
+            "epoch": self.state.epoch, "lr": lr,
             "loss": float(loss.detach()), "loss_loc": float(losses["loss_loc"].detach()),
-            "loss_conf": float(losses["loss_conf"].detach()),
-            "grad_norm": grad_norm, "grad_fluct": self.fluct.update(grad_norm) if not bad else float("nan"),
-            "skipped": bad,
+            "loss_conf": float(losses["loss_conf"].detach()), "grad_norm": grad_norm, "skipped": bad,
         }
 
-    def train(self, resume: str | bool | None = None, stop_after: int | None = None) -> dict:
-        """Train to cfg.max_iters. `stop_after` ends this call early after that many steps (tests, demos)."""
-        cfg = self.cfg
-        if resume:
-            self.resume(resume)
-        if self.dist.is_main:
-            os.makedirs(cfg.out_dir, exist_ok=True)
+    def _call(self, event: str, reverse: bool = False) -> None:
+        for hook in (reversed(self.hooks) if reverse else list(self.hooks)):
+            getattr(hook, event)()
+
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    @contextlib.contextmanager
+    def _stop_signals_caught(self) -> Iterator[None]:
+        """SIGTERM / Ctrl-C finish the step, then the run checkpoints and exits: no lost work."""
+        self._stop_signal = None
         old_handlers = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):  # finish the step, checkpoint, exit: no lost work
+        for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 old_handlers[sig] = signal.signal(sig, self._on_signal)
             except ValueError:  # not in the main thread
                 pass
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.max_iters, initial=self.iteration, disable=not self.progress, dynamic_ncols=True,
-                   desc="train", unit="it")
-        steps_this_call, t_last, n_img = 0, time.perf_counter(), 0
-        start_time = time.perf_counter()
-        stopping = False
         try:
-            while self.iteration < cfg.max_iters and not stopping:
-                for images, targets, _ in self._loader():
-                    rec = self._step(images, targets)
-                    self.iteration += 1
-                    self.batch_in_epoch += 1
-                    rec["iter"] = self.iteration  # steps done, like the checkpoint's iteration
-                    steps_this_call += 1
-                    n_img += images.shape[0] * self.dist.world_size
-                    now = time.perf_counter()
-                    rec["images_per_s"] = n_img / max(now - t_last, 1e-9)
-                    if self.dist.is_main:
-                        self.metrics.write(rec)
-                    if self.iteration % cfg.log_every == 0 or self.iteration == cfg.max_iters:
-                        bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.4g}",
-                                        img_s=f"{rec['images_per_s']:.1f}", refresh=False)
-                        t_last, n_img = now, 0
-                    bar.update(1)
-                    if cfg.ckpt_every and self.iteration % cfg.ckpt_every == 0:
-                        self.save_checkpoint()
-                    if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.iteration < cfg.max_iters:
-                        r = self.evaluate()
-                        if r:
-                            bar.write(f"iter {self.iteration}: VOC07 mAP {r['map']:.4f}")
-                    wants_stop = self._stop_signal is not None or (
-                        stop_after is not None and steps_this_call >= stop_after)
-                    stopping = broadcast_flag(wants_stop, self.dist)
-                    if stopping or self.iteration >= cfg.max_iters:
-                        break
-                if self.batch_in_epoch >= self.sampler.batches_per_epoch():
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
+            yield
         finally:
-            bar.close()
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
-        interrupted = self._stop_signal is not None
-        self.save_checkpoint()
-        barrier(self.dist)
-        if interrupted:
-            if self.dist.is_main:
-                print(f"interrupted at iteration {self.iteration}; checkpoint saved in {cfg.out_dir} "
-                      f"(resume with --resume)")
-            return {"iteration": self.iteration, "interrupted": True}
-        summary = {"iteration": self.iteration, "skipped_steps": self.skipped,
-                   "train_seconds": time.perf_counter() - start_time}
-        if self.iteration >= cfg.max_iters:
-            result = self.evaluate()
-            if result:
-                summary["map"] = result["map"]
-                summary["ap"] = result["ap"]
-            if self.dist.is_main:
-                from ..models.io import save
-                save(self.model, os.path.join(cfg.out_dir, "model_final.pt"))
-        summary["best_map"] = self.best_map
-        return summary
+
+    def _run_steps(self, stop_after: int | None) -> None:
+        state, steps_this_call = self.state, 0
+        while state.iteration < self.cfg.max_iters:
+            for images, targets, _ in self._loader():
+                self._call("before_step")
+                self.step_record = self._step(images, targets)
+                self.step_images = images.shape[0] * self.dist.world_size
+                state.iteration += 1
+                state.batch_in_epoch += 1
+                if state.batch_in_epoch >= self.sampler.batches_per_epoch():
+                    # the position is the next batch's, so a checkpoint here resumes in the next epoch
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                self.step_record["iter"] = state.iteration  # steps done, like the checkpoint's iteration
+                self._call("after_step")
+                steps_this_call += 1
+                wants_stop = self._stop_signal is not None or (stop_after is not None and steps_this_call >= stop_after)
+                if broadcast_flag(wants_stop, self.dist):
+                    return
+                if state.iteration >= self.cfg.max_iters:
+                    break
+
+    def train(self, resume: str | bool | None = None, stop_after: int | None = None) -> dict:
+        """Train to cfg.max_iters. `stop_after` ends this call early after that many steps (tests, demos)."""
+        if resume:
+            self.resume(resume)
+        if self.dist.is_main:
+            os.makedirs(self.cfg.out_dir, exist_ok=True)
+        start = time.perf_counter()
+        try:
+            self._call("before_train")
+            with self._stop_signals_caught():
+                self._run_steps(stop_after)
+            if self.interrupted:
+                self.summary = {"iteration": self.iteration, "interrupted": True}
+            else:
+                self.summary = {"iteration": self.iteration, "skipped_steps": self.skipped,
+                                "train_seconds": time.perf_counter() - start}
+            self._call("after_train", reverse=True)
+        finally:
+            self._call("teardown", reverse=True)
+        return self.summary

@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from .training_log import read_jsonl
+
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
            "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
 
@@ -93,8 +95,6 @@ def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .metrics import read_jsonl
 
     path = os.path.join(run_dir, "metrics.jsonl")
     records = read_jsonl(path)

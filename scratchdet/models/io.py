@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from ..structures import CheckpointError, atomic_save
+
 __all__ = ["save", "load", "FORMAT", "VERSION"]
 
 FORMAT = "scratchdet.model"
@@ -18,7 +20,7 @@ VERSION = 1
 
 
 def save(model, path) -> None:
-    """Write ``model.config`` and its weights to ``path`` (written to a temp file, then renamed)."""
+    """Write ``model.config`` and its weights to ``path`` atomically; a full disk raises CheckpointError."""
     config = getattr(model, "config", None)
     if not isinstance(config, dict):
         raise TypeError("scratchdet.save: expected a model built by scratchdet.build_model (with a .config dict)")
@@ -27,14 +29,11 @@ def save(model, path) -> None:
     class_names = getattr(model, "class_names", None)   # set by the trainer; label i = class_names[i-1]
     if class_names is not None:
         payload["class_names"] = [str(c) for c in class_names]
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)                 # a crash mid-write never leaves a truncated checkpoint
+    atomic_save(payload, path)            # a crash or a full disk never leaves a truncated file
 
 
-def _invalid(path, why: str) -> ValueError:
-    return ValueError(f"scratchdet.load: {path!s} is not a valid scratchdet checkpoint: {why}")
+def _invalid(path, why: str) -> CheckpointError:
+    return CheckpointError(f"scratchdet.load: {path!s} is not a valid scratchdet checkpoint: {why}")
 
 
 def load(path, map_location="cpu", backbone=None):
@@ -51,7 +50,8 @@ def load(path, map_location="cpu", backbone=None):
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling refused, truncated zip, bad magic, ...: all mean "not our file"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's first sentence: its advice to load with weights_only=False is no fix for a damaged file
+        first_line = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise _invalid(path, f"the file is corrupt, truncated or holds non-weight objects "
                              f"({type(exc).__name__}: {first_line})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

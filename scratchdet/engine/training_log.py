@@ -1,4 +1,5 @@
-"""Metrics as JSON lines, and the paper's Figure 1 gradient statistics."""
+"""The training log (metrics.jsonl: one JSON line per step and per evaluation) and the paper's Figure 1
+gradient statistics."""
 from __future__ import annotations
 
 import json
