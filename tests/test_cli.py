@@ -34,7 +34,8 @@ def test_every_command_has_help(capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["train", "--config", "nope", "--data", "."], "unknown config preset 'nope'; known presets"),
-    (["train", "--config", "demo", "--data", "/does/not/exist", "--set", "dataset=voc"], "data folder not found"),
+    (["train", "--config", "demo", "--data", "/does/not/exist", "--set", "dataset=voc"],
+     "--data /does/not/exist: not found; expected a VOC-layout folder"),
     (["train", "--config", "demo", "--set", "lrr=3", "--data", "."], "unknown training option 'lrr'"),
     (["eval", "--weights", "/no/such/file.pt", "--data", "."], "weights file not found"),
     (["detect", "--weights", "x.pt", "--out", "/tmp", "/no/image.png"], "image not found"),
