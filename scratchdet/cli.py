@@ -4,6 +4,8 @@ and provides ``register(subparsers)``, which adds its parser and sets ``func``.
 Errors, the one rule: what the user can fix is one line on stderr and exit status 2, a bug is
 a traceback.
 
+- a bad argument (argparse's check, e.g. a threshold that is NaN) prints
+  ``scratchdet <cmd>: error: <message> (see scratchdet <cmd> --help)``;
 - a :class:`~scratchdet.structures.errors.UserError` (a bad option, data set, image, checkpoint;
   the commands' own ``CLIError`` is one) prints ``scratchdet <cmd>: error: <message>``;
 - an ``OSError`` about a user path (not found, not a folder, a folder, permission denied, disk
@@ -35,8 +37,15 @@ _USER_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "disk quota exce
                 errno.EROFS: "read-only file system"}
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (a bad value, a missing argument) as the one line every error is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="scratchdet",
         description="Train single-shot detectors from scratch (ScratchDet), evaluate, detect, export.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

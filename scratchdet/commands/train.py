@@ -58,8 +58,10 @@ def make_train_config(args):
     return make_config(args.config, overrides)
 
 
-def bad_image_error(exc: BadImageError) -> DataError:
-    """The first bad image, and the switch that trains without it."""
+def bad_image_error(exc: BadImageError, skipping: bool) -> DataError:
+    """The first bad image, and the switch that trains without it (when it is not on already)."""
+    if skipping:
+        return DataError(last_line(str(exc)))
     return DataError(f"{last_line(str(exc))}; to leave bad images out (each is listed in a warning), "
                      "pass --set skip_bad_images=true")
 
@@ -75,7 +77,7 @@ def run(args):
             summary = trainer.train(resume=args.resume)
         finished = True
     except BadImageError as exc:
-        raise bad_image_error(exc) from None
+        raise bad_image_error(exc, cfg.skip_bad_images) from None
     except UserError:
         raise
     except (ValueError, NonFiniteTrainingError) as exc:

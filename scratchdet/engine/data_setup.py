@@ -104,8 +104,10 @@ def resolve_data(cfg: TrainConfig) -> DataSource:
         root = data_root[len(SYNTH_PREFIX):]
         if not root:
             raise DataError("--data synth:DIR needs a folder to generate the synthetic data set into")
-        check_synth_target(root)
-        return DataSource("voc", (root,), synthetic=True)
+        source = DataSource("voc", (root,), synthetic=True)
+        if check_synth_target(root):   # generated before: read with the splits it has
+            check_splits(source, cfg)
+        return source
     if not data_root:
         if cfg.dataset in ("auto", "coco") and cfg.coco_train_json:
             return DataSource("coco", ())
@@ -154,8 +156,8 @@ def _check_voc_folder(root: str) -> None:
 def check_splits(source: DataSource, cfg: TrainConfig) -> None:
     """A VOC source must have the train split in every root and the val split (unless empty) in the
     first; DataError naming the splits it has and the fix otherwise."""
-    if source.kind != "voc" or source.synthetic and not os.path.isfile(os.path.join(source.root, "synth.json")):
-        return   # synth:DIR not generated yet: it will have train and val
+    if source.kind != "voc":
+        return
     wanted = [(root, "train_split", cfg.train_split) for root in source.roots]
     if cfg.val_split:
         wanted.append((source.root, "val_split", cfg.val_split))
@@ -216,6 +218,7 @@ def build_datasets(cfg: TrainConfig, dist: DistInfo | None = None):
     source = resolve_data(cfg)
     if source.synthetic:
         ensure_synthetic(source.root, seed=cfg.seed, dist=dist)
+        check_splits(source, cfg)
     spec = model_config(cfg)
     try:
         train_tf = SSDTransform.from_config(spec, train=True, seed=cfg.seed, **cfg.augment)
