@@ -63,8 +63,10 @@ def user_error_message(exc: BaseException) -> str | None:
         message = str(exc)
     elif isinstance(exc, OSError) and (isinstance(exc, _USER_OS_ERRORS) or exc.errno in _USER_ERRNOS):
         reason = _USER_ERRNOS.get(exc.errno) or exc.strerror
-        if exc.filename is None:
-            message = f"{exc}" if reason is None or reason in str(exc) else f"{exc} ({reason})"
+        if exc.filename is None:   # e.g. a write to an open file: no path to name
+            message = str(exc) if exc.strerror is None else exc.strerror
+            if reason is not None and reason not in message:
+                message += f" ({reason})"
         else:
             paths = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
             message = f"{paths}: {reason}"

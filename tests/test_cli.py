@@ -121,3 +121,15 @@ def test_synth_and_info_commands(tmp_path):
     assert (tmp_path / "s" / "annotations" / "instances_val.json").exists()
     proc = run_cli("info", "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["cpu_kernels"] is True
+
+
+def test_commands_do_not_import_the_cli():
+    """No cycle: cli imports the commands, a command never imports cli (CLIError is in commands._common)."""
+    code = ("import sys, scratchdet.commands.train, scratchdet.commands.eval, scratchdet.commands.demo; "
+            "assert 'scratchdet.cli' not in sys.modules, 'a command imported scratchdet.cli'; "
+            "from scratchdet.commands._common import CLIError; from scratchdet.structures.errors import UserError; "
+            "assert issubclass(CLIError, UserError)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1",
+                                   PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert proc.returncode == 0, proc.stderr[-3000:]

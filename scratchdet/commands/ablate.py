@@ -7,7 +7,7 @@ import json
 import os
 
 from ..engine.ablation import Ablation, AblationError
-from ..engine.config import TrainConfig, _parse_value, make_config
+from ..engine.config import TrainConfig, _parse_value, check_finite, make_config
 from ..engine.data_setup import SYNTH_PREFIX, ensure_synthetic, resolve_data
 from ._common import CLIError, pick_device
 
@@ -72,6 +72,7 @@ def run(args):
             overrides[key] = _parse_value(value, getattr(TrainConfig(), key))
         except (ValueError, json.JSONDecodeError) as exc:
             raise CLIError(f"--set {item}: {exc}") from None
+    check_finite(overrides)   # before any run starts (each run checks its whole config again)
     data = _data_folder(args.data, overrides)
     try:
         ablation = Ablation(args.kind, args.out, data=data,

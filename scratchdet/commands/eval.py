@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import os
 
-from ..data import COCODataset, SSDTransform, VOCDataset, YOLODataset
+from ..data import BadImageError, COCODataset, SSDTransform, VOCDataset, YOLODataset
 from ..engine.evaluate import evaluate_model
 from ..evaluation import format_ap_table, plot_pr_curves
-from ._common import CLIError, existing_dir, existing_file, load_model, pick_device, threshold, writable_dir
+from ._common import CLIError, existing_dir, existing_file, last_line, load_model, pick_device, threshold, writable_dir
 
 
 def register(sub):
@@ -59,8 +59,11 @@ def run(args):
     if names is not None and list(dataset.classes) != list(names):
         raise CLIError(f"the data's classes {list(dataset.classes)} are not the model's {list(names)}")
     out = writable_dir(args.out) if args.out else None
-    result = evaluate_model(model, dataset, args.batch_size, device, use_07_metric=args.metric == "voc07",
-                            return_curves=True)
+    try:
+        result = evaluate_model(model, dataset, args.batch_size, device, use_07_metric=args.metric == "voc07",
+                                return_curves=True)
+    except BadImageError as exc:
+        raise CLIError(last_line(str(exc))) from None
     print(format_ap_table(result, dataset.classes))
     summary = {"metric": args.metric, "map": result["map"],
                "ap": {dataset.classes[int(k) - 1]: v for k, v in result["ap"].items()}}

@@ -36,7 +36,8 @@ examples:
 def register(sub):
     p = sub.add_parser("train", help="train a detector from scratch", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="demo", help=f"training preset: {', '.join(sorted(TRAIN_PRESETS))} (default: demo)")
+    p.add_argument("--config", default="demo",
+                   help=f"training preset: {', '.join(sorted(TRAIN_PRESETS))} (default: demo)")
     p.add_argument("--data", help="the data: a VOC-layout folder (comma-separated roots are joined, e.g. 07+12), "
                                   "a YOLO data.yaml, a COCO instances json / a folder holding annotations/, "
                                   "or synth:DIR to generate the synthetic data set into DIR")

@@ -88,8 +88,8 @@ TRAIN_PRESETS: dict[str, dict] = {
                                train_split="train2017", val_split="val2017",
                                model_overrides={"prior_sizes": "coco", "norm": "syncbn"}),
     # The README demo: a tiny Root-ResNet SSD on the synthetic shapes data (`--data synth:DIR`, or
-    # any data set), on 2 CPU cores, at the paper's lr 0.05. Milder zoom-out than the paper's (4x): at 128 px a 4x expand shrinks the 8 px
-    # objects to 2 px.
+    # any data set), on 2 CPU cores, at the paper's lr 0.05. Milder zoom-out than the paper's (4x):
+    # at 128 px a 4x expand shrinks the 8 px objects to 2 px.
     "demo": dict(model="root_resnet_demo", batch_size=32, lr=0.05, warmup_iters=100,
                  augment={"expand_prob": 0.3, "max_expand": 2.0, "min_crop": 0.5},
                  schedule="cosine", max_iters=800, eval_every=400, ckpt_every=400),
@@ -159,12 +159,18 @@ def _non_finite(value, name: str) -> tuple[str, float] | None:
     return next((bad for path, v in items if (bad := _non_finite(v, path))), None)
 
 
-def validate(cfg: TrainConfig) -> None:
-    """ConfigError naming the first option that is out of range, NaN or infinite."""
-    for f in dataclasses.fields(cfg):   # every float, also inside milestones, augment and model_overrides
-        bad = _non_finite(getattr(cfg, f.name), f.name)
+def check_finite(options: dict) -> None:
+    """ConfigError naming the first option whose number (also inside a tuple or dict: milestones,
+    augment, model_overrides) is NaN or infinite."""
+    for name, value in options.items():
+        bad = _non_finite(value, name)
         if bad:
             raise ConfigError(f"{bad[0]} must be a finite number, got {bad[1]}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """ConfigError naming the first option that is out of range, NaN or infinite."""
+    check_finite({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.lr <= 0:

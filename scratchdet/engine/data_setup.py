@@ -111,7 +111,7 @@ def resolve_data(cfg: TrainConfig) -> DataSource:
     if not data_root:
         if cfg.dataset in ("auto", "coco") and cfg.coco_train_json:
             return DataSource("coco", ())
-        raise DataError(f"no data given: pass --data DATA, {EXPECTED}")
+        raise DataError(f"no data given: pass --data DATA, where DATA is {EXPECTED}")
     roots = tuple(r.strip() for r in data_root.split(",") if r.strip())
     for root in roots:
         if not os.path.exists(root):
