@@ -84,6 +84,12 @@ def test_eval_detect_export_plot_on_the_demo_model(demo_run, tmp_path):
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert set(res["ap"]) <= {"circle", "square", "triangle", "star", "ring", "cross"}
     assert (tmp_path / "ev" / "pr_curves.png").exists()
+    assert any(d["scores"] for d in json.loads((tmp_path / "ev" / "detections.json").read_text()))
+    # the model's detection settings, overridden for this evaluation: nothing scores 1
+    proc = run_cli("eval", "--weights", weights, "--data", data, "--split", "val", "--out", str(tmp_path / "ev1"),
+                   "--score-threshold", "1", "--nms-threshold", "0.3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not any(d["scores"] for d in json.loads((tmp_path / "ev1" / "detections.json").read_text()))
 
     if importlib.util.find_spec("pycocotools") is not None:    # COCO AP needs it (a GPU machine may lack it)
         proc = run_cli("eval", "--weights", weights, "--coco-images", os.path.join(data, "JPEGImages"),

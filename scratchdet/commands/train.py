@@ -7,7 +7,7 @@ import os
 
 from ..data import BadImageError
 from ..engine.config import TRAIN_PRESETS, make_config
-from ..engine.data_setup import resolve_data
+from ..engine.data_setup import check_synth_target, resolve_data
 from ..engine.distributed import cleanup, init_distributed
 from ..engine.trainer import NonFiniteTrainingError, Trainer
 from ..structures.errors import DataError, UserError
@@ -69,9 +69,11 @@ def bad_image_error(exc: BadImageError, skipping: bool) -> DataError:
 
 def run(args):
     cfg = make_train_config(args)
-    resolve_data(cfg)   # the data's errors before anything is written (the run folder included)
+    source = resolve_data(cfg)   # the data's errors before anything is written (the run folder included)
     writable_dir(cfg.out_dir)
     info = init_distributed(pick_device(args.device))
+    if source.synthetic and info.is_main and not check_synth_target(source.root):
+        print(f"generating the synthetic data set into {source.root}", flush=True)
     finished = False
     try:
         with Trainer(cfg, dist_info=info, progress=not args.no_progress) as trainer:

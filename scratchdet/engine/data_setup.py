@@ -63,10 +63,10 @@ def check_synth_target(root: str) -> bool:
     if os.path.isfile(os.path.join(root, "synth.json")):
         return True
     if os.path.exists(root) and not os.path.isdir(root):
-        raise DataError(f"--data synth:{root}: not a folder; give synth: a new or empty folder")
+        raise DataError(f"{root}: not a folder; the synthetic data set is generated into a new or empty folder")
     if os.path.isdir(root) and os.listdir(root):
-        raise DataError(f"--data synth:{root}: the folder is not empty and holds no finished synthetic data set "
-                        "(no synth.json); give synth: a new or empty folder")
+        raise DataError(f"{root}: the folder is not empty and holds no finished synthetic data set (no synth.json); "
+                        "the synthetic data set is generated only into a new or empty folder")
     return False
 
 
