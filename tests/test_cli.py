@@ -34,7 +34,8 @@ def test_every_command_has_help(capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["train", "--config", "nope", "--data", "."], "unknown config preset 'nope'; known presets"),
-    (["train", "--config", "demo", "--data", "/does/not/exist", "--set", "dataset=voc"], "data folder not found"),
+    (["train", "--config", "demo", "--data", "/does/not/exist", "--set", "dataset=voc"],
+     "--data /does/not/exist: not found; expected a VOC-layout folder"),
     (["train", "--config", "demo", "--set", "lrr=3", "--data", "."], "unknown training option 'lrr'"),
     (["eval", "--weights", "/no/such/file.pt", "--data", "."], "weights file not found"),
     (["detect", "--weights", "x.pt", "--out", "/tmp", "/no/image.png"], "image not found"),
@@ -83,6 +84,12 @@ def test_eval_detect_export_plot_on_the_demo_model(demo_run, tmp_path):
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert set(res["ap"]) <= {"circle", "square", "triangle", "star", "ring", "cross"}
     assert (tmp_path / "ev" / "pr_curves.png").exists()
+    assert any(d["scores"] for d in json.loads((tmp_path / "ev" / "detections.json").read_text()))
+    # the model's detection settings, overridden for this evaluation: nothing scores 1
+    proc = run_cli("eval", "--weights", weights, "--data", data, "--split", "val", "--out", str(tmp_path / "ev1"),
+                   "--score-threshold", "1", "--nms-threshold", "0.3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not any(d["scores"] for d in json.loads((tmp_path / "ev1" / "detections.json").read_text()))
 
     if importlib.util.find_spec("pycocotools") is not None:    # COCO AP needs it (a GPU machine may lack it)
         proc = run_cli("eval", "--weights", weights, "--coco-images", os.path.join(data, "JPEGImages"),
@@ -120,3 +127,15 @@ def test_synth_and_info_commands(tmp_path):
     assert (tmp_path / "s" / "annotations" / "instances_val.json").exists()
     proc = run_cli("info", "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["cpu_kernels"] is True
+
+
+def test_commands_do_not_import_the_cli():
+    """No cycle: cli imports the commands, a command never imports cli (CLIError is in commands._common)."""
+    code = ("import sys, scratchdet.commands.train, scratchdet.commands.eval, scratchdet.commands.demo; "
+            "assert 'scratchdet.cli' not in sys.modules, 'a command imported scratchdet.cli'; "
+            "from scratchdet.commands._common import CLIError; from scratchdet.structures.errors import UserError; "
+            "assert issubclass(CLIError, UserError)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1",
+                                   PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -10,9 +10,10 @@ from PIL import Image
 import scratchdet
 from scratchdet.data import COCODataset, VOCDataset, YOLODataset
 from scratchdet.engine.config import make_config
-from scratchdet.engine.data_setup import build_datasets
+from scratchdet.engine.data_setup import build_datasets, ensure_synthetic, resolve_data
 from scratchdet.engine.trainer import Trainer
 from scratchdet.evaluation import coco_eval, detections_to_coco
+from scratchdet.structures.errors import DataError
 from test_datasets import ann, make_voc, obj
 
 TINY = {"width": 8, "extra_channels": 16, "image_size": 64}
@@ -203,3 +204,43 @@ def test_train_on_a_yolo_data_yaml(tmp_path):
     assert scratchdet.load(str(tmp_path / "run" / "model_final.pt")).class_names == ["car", "person"]
     with pytest.raises(ValueError, match="takes its classes from data.yaml"):
         build_datasets(tiny_run(data, tmp_path / "run", classes="a,b"))
+
+
+# ------------------------------------------------------------------ what --data names, only read
+def test_data_kind_is_read_off_the_path(tmp_path):
+    voc = shapes_voc(tmp_path / "voc")
+    coco_root, coco_json = coco_folder(tmp_path / "coco")
+    data_yaml = yolo_folder(tmp_path / "y", {"train/a": "0 0.5 0.5 0.2 0.2\n"})
+    for data_root, kind in ((voc, "voc"), (coco_root, "coco"), (coco_json, "coco"), (data_yaml, "yolo"),
+                            (os.path.dirname(data_yaml), "yolo"), (f"{voc},{voc}", "voc")):
+        assert resolve_data(tiny_run(data_root, tmp_path / "run")).kind == kind, data_root
+    source = resolve_data(tiny_run(f"synth:{tmp_path / 'new'}", tmp_path / "run"))
+    assert source.synthetic and source.root == str(tmp_path / "new") and not os.path.exists(source.root)
+
+
+def test_a_voc_folder_is_read_with_its_own_splits_and_without_val(tmp_path):
+    root = make_voc(tmp_path / "voc", {f"im{i}": ann(obj("dog", 1, 1, 20, 20)) for i in range(3)}, split="trainval")
+    with open(os.path.join(root, "ImageSets", "Main", "test.txt"), "w") as f:
+        f.write("im0\n")
+    with pytest.raises(DataError, match=r"train_split 'train': .* its splits: test, trainval; set the splits"):
+        build_datasets(tiny_run(root, tmp_path / "run"))
+    train, val, _ = build_datasets(tiny_run(root, tmp_path / "run", train_split="trainval", val_split="test"))
+    assert len(train) == 3 and len(val) == 1
+    train, val, _ = build_datasets(tiny_run(root, tmp_path / "run", train_split="trainval", val_split=""))
+    assert len(train) == 3 and val is None
+
+
+def test_synthetic_data_goes_only_into_a_new_or_empty_folder(tmp_path):
+    new = str(tmp_path / "new")
+    assert ensure_synthetic(new, 3, 2, image_size=64) == new
+    made = sorted(os.listdir(new))
+    mtime = os.path.getmtime(os.path.join(new, "synth.json"))
+    ensure_synthetic(new, 3, 2, image_size=64)   # finished before: used as it is
+    assert sorted(os.listdir(new)) == made and os.path.getmtime(os.path.join(new, "synth.json")) == mtime
+    (tmp_path / "empty").mkdir()
+    ensure_synthetic(str(tmp_path / "empty"), 3, 2, image_size=64)
+    assert os.path.isfile(tmp_path / "empty" / "synth.json")
+    other = shapes_voc(tmp_path / "voc")
+    with pytest.raises(DataError, match="not empty and holds no finished synthetic data set"):
+        ensure_synthetic(other, 3, 2)
+    assert not os.path.exists(os.path.join(other, "synth.json"))

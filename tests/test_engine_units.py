@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scratchdet.engine.checkpoint import load_checkpoint, prune_checkpoints, rng_state, set_rng_state
-from scratchdet.engine.config import PRESETS, make_config
+from scratchdet.engine.config import TRAIN_PRESETS, make_config
 from scratchdet.engine.training_log import GradFluctuation, JSONLWriter, read_jsonl
 from scratchdet.engine.sampler import ResumableBatchSampler
 from scratchdet.engine.schedule import lr_factor
@@ -35,10 +35,10 @@ def test_config_presets_and_overrides():
     cfg = make_config("root_resnet34_voc", ["lr=0.01", "max_iters=20", "amp=false", "milestones=0.5,0.8"])
     assert cfg.model == "root_resnet34_ssd300" and cfg.batch_size == 128
     assert cfg.lr == 0.01 and cfg.max_iters == 20 and cfg.amp is False and cfg.milestones == (0.5, 0.8)
-    assert "demo" in PRESETS
+    assert "demo" in TRAIN_PRESETS
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("preset", sorted(TRAIN_PRESETS))
 def test_every_config_preset_resolves_its_model(preset):
     from scratchdet.models.registry import resolve_config
 

@@ -1,15 +1,42 @@
-"""Helpers shared by the subcommands: argument types and user-facing checks."""
+"""Helpers shared by the subcommands: the CLI's error type, argument types and user-facing checks."""
 from __future__ import annotations
 
+import argparse
+import math
 import os
 
-from ..cli import CLIError
+import torch
+
+from ..structures.files import make_writable_dir
+from ..models.io import load
+from ..structures.errors import UserError
+
+
+class CLIError(UserError):
+    """A user error found by a command itself (a bad argument): one line, exit status 2."""
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a float that is not NaN or infinite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def threshold(text: str) -> float:
+    """argparse type: a finite number in [0, 1] (a score or an IoU)."""
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
+    return value
 
 
 def writable_dir(path: str) -> str:
     """Create `path` if needed and make sure we can write there; CLIError otherwise."""
-    from ..structures.files import make_writable_dir
-
     try:
         make_writable_dir(path)
     except OSError as exc:
@@ -30,8 +57,6 @@ def existing_dir(path: str, what: str) -> str:
 
 
 def pick_device(name: str | None) -> str:
-    import torch
-
     if name in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -41,11 +66,22 @@ def pick_device(name: str | None) -> str:
 
 def load_model(path: str, device: str = "cpu"):
     """Load a saved detector; CLIError with the reason for a missing or bad file."""
-    import scratchdet
-
     existing_file(path, "weights file")
     try:
-        model = scratchdet.load(path)
+        model = load(path)
+    except UserError:
+        raise
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CLIError(str(exc)) from None
     return model.to(device).eval()
+
+
+def last_line(message: str) -> str:
+    """The error itself out of a message that carries a traceback (a DataLoader worker's error
+    comes back as "Caught X in DataLoader worker ... Traceback ... pkg.X: the message")."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    if "Traceback (most recent call last)" not in message or len(lines) <= 1:
+        return message.strip()
+    last = lines[-1].strip()
+    name, sep, rest = last.partition(": ")
+    return rest if sep and name.replace(".", "").replace("_", "").isalnum() else last

@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 
-from ..cli import CLIError
+from ..engine.ablation import Ablation, AblationError
+from ..engine.config import TrainConfig, _parse_value, check_finite, make_config
+from ..engine.data_setup import SYNTH_PREFIX, ensure_synthetic, resolve_data
+from ._common import CLIError, pick_device
 
 HELP = """Reproduce the paper's ablations from scratch, at a small scale.
 
@@ -33,7 +39,8 @@ def register(sub):
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=["bn-lr", "stem"], help="which ablation")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--data", help="a VOC-layout folder (default: the synthetic data set, generated in OUT/data)")
+    p.add_argument("--data", help="a VOC-layout folder with train and val splits, only read; synth:DIR generates "
+                                  "the synthetic data set into DIR (default: synthetic, generated in OUT/data)")
     p.add_argument("--budget-iters", type=int, default=None,
                    help="training iterations per run (default: 300 for bn-lr, 400 for stem)")
     p.add_argument("--model", help="bn-lr: run the grid on this preset instead of vgg16_ssd_small")
@@ -53,13 +60,6 @@ DEFAULT_BUDGET = {"bn-lr": 600, "stem": 600}   # docs/REPRODUCTION.md: both grid
 
 
 def run(args):
-    import dataclasses
-    import json
-
-    from ._common import pick_device
-    from ..engine.ablation import Ablation, AblationError
-    from ..engine.config import TrainConfig, _parse_value
-
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {}
     for item in args.overrides:
@@ -72,16 +72,32 @@ def run(args):
             overrides[key] = _parse_value(value, getattr(TrainConfig(), key))
         except (ValueError, json.JSONDecodeError) as exc:
             raise CLIError(f"--set {item}: {exc}") from None
+    check_finite(overrides)   # before any run starts (each run checks its whole config again)
+    data = _data_folder(args.data, overrides)
     try:
-        ablation = Ablation(args.kind, args.out, data=args.data,
+        ablation = Ablation(args.kind, args.out, data=data,
                             budget_iters=DEFAULT_BUDGET[args.kind] if args.budget_iters is None else args.budget_iters, model=args.model,
                             settings=args.settings, lrs=args.lrs, seeds=args.seeds, batch_size=args.batch_size,
                             workers=args.workers, device=pick_device(args.device), resume=args.resume,
                             train_overrides=overrides)
         summary = ablation.run()
-    except (AblationError, FileNotFoundError) as exc:
+    except AblationError as exc:
         raise CLIError(str(exc)) from None
     print()
     print(summary["table"])
     print(f"wrote {args.out}/table.md, results.json, " + ", ".join(summary["figures"]))
     return 0
+
+
+def _data_folder(data: str | None, overrides: dict) -> str | None:
+    """--data checked as every run will read it (a VOC folder with its splits); synth:DIR generated."""
+    if not data:
+        return None   # the Ablation generates the synthetic set into its own OUT/data
+    if data.startswith(SYNTH_PREFIX):
+        return ensure_synthetic(data[len(SYNTH_PREFIX):])
+    if not os.path.isdir(data):
+        raise CLIError(f"data folder not found: {data} (a VOC-layout folder with train and val splits)")
+    splits = {k: overrides[k] for k in ("train_split", "val_split") if k in overrides}
+    resolve_data(make_config(None, {"dataset": "voc", "data_root": data, "train_split": "train",
+                                    "val_split": "val", **splits}))
+    return data

@@ -12,7 +12,15 @@ import json
 import os
 import time
 
-from ..cli import CLIError
+import torch
+from PIL import Image
+
+from ..engine.config import make_config
+from ..engine.data_setup import ensure_synthetic
+from ..engine.distributed import init_distributed
+from ..engine.trainer import Trainer
+from ..engine.visualize import draw_detections, plot_run, save_grid
+from ._common import CLIError, pick_device, writable_dir
 
 
 def register(sub):
@@ -35,23 +43,15 @@ QUICK = {"train": 48, "val": 16, "max_iters": 6}
 
 
 def run(args):
-    import torch
-
-    from ._common import pick_device, writable_dir
-    from ..engine.config import make_config
-    from ..engine.data_setup import ensure_synthetic
-    from ..engine.distributed import init_distributed
-    from ..engine.trainer import Trainer
-    from ..engine.visualize import draw_detections, plot_run, save_grid
-
     t0 = time.perf_counter()
-    out = writable_dir(args.out)
+    out = args.out
     base = QUICK if args.quick else DEFAULTS
     n_train = args.train or base["train"]
     n_val = args.val or base["val"]
     if n_train < 1 or n_val < 1:
         raise CLIError(f"--train and --val must be >= 1, got {n_train} and {n_val}")
-    overrides = [f"data_root={os.path.join(out, 'data')}", f"out_dir={os.path.join(out, 'run')}",
+    data_dir = os.path.join(out, "data")   # the demo's own folder: the one place it generates data into
+    overrides = [f"data_root={data_dir}", f"out_dir={os.path.join(out, 'run')}",
                  f"seed={args.seed}"]
     max_iters = args.max_iters or base["max_iters"]
     if max_iters:
@@ -60,10 +60,11 @@ def run(args):
     if args.quick:
         overrides += ["batch_size=8", "workers=0"]
     overrides += list(args.overrides)  # the user's --set wins
-    try:
-        cfg = make_config("demo", overrides)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
+    cfg = make_config("demo", overrides)
+    if cfg.data_root != data_dir:
+        raise CLIError(f"--set data_root: the demo generates its own data in {data_dir}; "
+                       "to train on other data use scratchdet train --config demo --data ...")
+    writable_dir(out)   # after the options are checked: a typo leaves nothing behind
 
     print(f"[1/4] generating {n_train}+{n_val} synthetic images in {cfg.data_root}")
     ensure_synthetic(cfg.data_root, n_train, n_val, seed=args.seed)
@@ -73,7 +74,7 @@ def run(args):
           f"lr {cfg.lr}, {torch.get_num_threads()} threads)")
     try:
         trainer = Trainer(cfg, dist_info=init_distributed(pick_device(args.device)))
-    except (ValueError, FileNotFoundError) as exc:
+    except ValueError as exc:
         raise CLIError(str(exc)) from None
     with trainer:
         summary = trainer.train()
@@ -87,8 +88,6 @@ def run(args):
     model = trainer.model.eval()
 
     print("[4/4] drawing detections and training curves")
-    from PIL import Image
-
     val_raw = trainer.val_set
     pictures = []
     for i in range(min(8, len(val_raw))):

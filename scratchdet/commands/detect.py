@@ -5,7 +5,12 @@ import glob
 import json
 import os
 
-from ..cli import CLIError
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.functional import to_pil_image
+
+from ..engine.visualize import draw_detections
+from ..models.fast_inference import FastPredictor
+from ._common import CLIError, load_model, pick_device, threshold, writable_dir
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -17,7 +22,8 @@ def register(sub):
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--weights", required=True, help="a model saved by scratchdet")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--score-threshold", type=float, default=0.3, help="draw boxes scoring at least this (0.3)")
+    p.add_argument("--score-threshold", type=threshold, default=0.3,
+                   help="draw boxes scoring at least this, in [0, 1] (0.3)")
     p.add_argument("--device", default="auto")
     p.add_argument("--fast", action="store_true", help="use the fused inference path (scratchdet.fuse)")
     p.set_defaults(func=run)
@@ -38,19 +44,12 @@ def _collect(paths):
 
 
 def run(args):
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.functional import to_pil_image
-
-    from ._common import load_model, pick_device, writable_dir
-    from ..engine.visualize import draw_detections
-
     files = _collect(args.images)
     out = writable_dir(args.out)
     model = load_model(args.weights, pick_device(args.device))
     names = getattr(model, "class_names", None) or [str(i) for i in range(1, model.num_classes)]
     predictor = model
     if args.fast:
-        from ..models.fast_inference import FastPredictor
         predictor = FastPredictor(model)  # BN folded, conv+residual+ReLU fused, channels_last
     results = {}
     for path in files:

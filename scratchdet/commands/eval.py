@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 import os
 
-from ..cli import CLIError
+from ..data import BadImageError, COCODataset, SSDTransform, VOCDataset, YOLODataset
+from ..engine.evaluate import evaluate_model
+from ..evaluation import format_ap_table, plot_pr_curves
+from ._common import CLIError, existing_dir, existing_file, last_line, load_model, pick_device, threshold, writable_dir
 
 
 def register(sub):
@@ -19,6 +22,10 @@ def register(sub):
     p.add_argument("--coco-json", help="COCO instances json (enables COCO AP through pycocotools)")
     p.add_argument("--metric", choices=["voc07", "voc"], default="voc07",
                    help="VOC metric: voc07 = 11-point (default), voc = area under the PR curve")
+    p.add_argument("--score-threshold", type=threshold, default=None,
+                   help="keep detections scoring at least this, in [0, 1] (default: the model's, 0.01 unless set)")
+    p.add_argument("--nms-threshold", type=threshold, default=None,
+                   help="NMS IoU threshold, in [0, 1] (default: the model's, 0.45 unless set)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="folder for results.json, detections.json (every detection, pixel boxes) "
@@ -27,15 +34,13 @@ def register(sub):
 
 
 def run(args):
-    from ._common import existing_dir, existing_file, load_model, pick_device, writable_dir
-    from ..data import COCODataset, SSDTransform, VOCDataset, YOLODataset
-    from ..engine.evaluate import evaluate_model
-    from ..evaluation import format_ap_table, plot_pr_curves
-
     device = pick_device(args.device)
     if not args.data and not args.coco_json:
         raise CLIError("give --data (VOC layout) or --coco-images/--coco-json")
     model = load_model(args.weights, device)
+    for key in ("score_threshold", "nms_threshold"):   # the detection settings predict uses by default
+        if getattr(args, key) is not None:
+            model.config[key] = getattr(args, key)
     tf = SSDTransform.from_config(model.config, train=False)   # the pixels model.predict sees
     names = getattr(model, "class_names", None)   # so label i means the class the model was trained on
     try:
@@ -54,8 +59,11 @@ def run(args):
     if names is not None and list(dataset.classes) != list(names):
         raise CLIError(f"the data's classes {list(dataset.classes)} are not the model's {list(names)}")
     out = writable_dir(args.out) if args.out else None
-    result = evaluate_model(model, dataset, args.batch_size, device, use_07_metric=args.metric == "voc07",
-                            return_curves=True)
+    try:
+        result = evaluate_model(model, dataset, args.batch_size, device, use_07_metric=args.metric == "voc07",
+                                return_curves=True)
+    except BadImageError as exc:
+        raise CLIError(last_line(str(exc))) from None
     print(format_ap_table(result, dataset.classes))
     summary = {"metric": args.metric, "map": result["map"],
                "ap": {dataset.classes[int(k) - 1]: v for k, v in result["ap"].items()}}

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 
-from ..cli import CLIError
+import torch
+
+from ..models.export import export_onnx, export_program
+from ._common import CLIError, load_model, writable_dir
 
 
 def register(sub):
@@ -21,11 +24,6 @@ def register(sub):
 
 
 def run(args):
-    import torch
-
-    from ._common import load_model, writable_dir
-    from ..models.export import export_onnx, export_program
-
     formats = {f.strip() for f in args.format.split(",") if f.strip()}
     unknown = formats - {"onnx", "torch-export"}
     if unknown or not formats:

@@ -2,6 +2,10 @@
 import json
 import platform
 
+import torch
+
+from .. import ops
+
 
 def register(sub):
     p = sub.add_parser("info", help="show build info (kernels, CUDA archs, versions) and run each op once",
@@ -12,17 +16,13 @@ def register(sub):
 
 
 def run(args):
-    import torch
-
-    import scratchdet
-
-    info = scratchdet.ops.build_info()
+    info = ops.build_info()
     info["python"] = platform.python_version()
     info["machine"] = platform.processor() or platform.machine()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and info["cuda_kernels"] else [])
     live = {}
     for device in devices:
-        live.update(_live_calls(torch, scratchdet.ops, device))
+        live.update(_live_calls(torch, ops, device))
     info["live_calls"] = live
     if args.json:
         print(json.dumps(info, indent=2))

@@ -1,5 +1,6 @@
 """`scratchdet plot RUN_DIR`: PNGs of loss, gradient norm, its fluctuation and mAP."""
-from ..cli import CLIError
+from ..engine.visualize import plot_run
+from ._common import CLIError
 
 
 def register(sub):
@@ -12,8 +13,6 @@ def register(sub):
 
 
 def run(args):
-    from ..engine.visualize import plot_run
-
     try:
         paths = plot_run(args.run_dir, args.out)
     except FileNotFoundError as exc:

@@ -1,9 +1,12 @@
 """`scratchdet synth`: write the synthetic shapes data set in VOC and COCO layouts."""
+import time
+
+from ..data import synth
+from ..data.synth import CLASSES, DEFAULT_IMAGE_SIZE
+from ._common import CLIError
 
 
 def register(sub):
-    from ..data.synth import CLASSES, DEFAULT_IMAGE_SIZE
-
     p = sub.add_parser("synth", help="generate the synthetic shapes data set (VOC + COCO layouts)",
                        description="Write a deterministic synthetic detection data set: "
                                    f"{len(CLASSES)} shape classes ({', '.join(CLASSES)}) with textures, "
@@ -22,11 +25,6 @@ def register(sub):
 
 
 def run(args):
-    import time
-
-    from ..cli import CLIError
-    from ..data import synth
-
     if args.train < 0 or args.val < 0 or args.train + args.val == 0:
         raise CLIError(f"--train and --val must be >= 0 and not both 0 (got {args.train}, {args.val})")
     if args.size < 32:
@@ -37,8 +35,9 @@ def run(args):
     try:
         info = synth.generate(args.out, args.train, args.val, seed=args.seed, image_size=args.size,
                               workers=args.workers, overwrite=args.overwrite)
-    except FileExistsError as exc:
-        raise CLIError(str(exc)) from None
+    except FileExistsError:
+        raise CLIError(f"--out {args.out} exists and is not empty; give a new or empty folder, or --overwrite "
+                       "to replace a previous synth output there") from None
     except OSError as exc:
         raise CLIError(f"cannot write {args.out}: {exc}") from None
     seconds = time.perf_counter() - start

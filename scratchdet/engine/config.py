@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
+
+from ..models.registry import resolve_config
+from ..structures.errors import ConfigError
+
+# What ``dataset`` may say; "auto" reads the kind off ``data_root`` (engine.data_setup.resolve_data).
+DATASET_KINDS = ("auto", "voc", "coco", "yolo")
 
 
 @dataclass
@@ -11,13 +18,17 @@ class TrainConfig:
     # model
     model: str = "root_resnet_tiny"
     model_overrides: dict = field(default_factory=dict)
-    # data: "synth" (generated on the fly into data_root), "voc", "coco" or "yolo"; a data_root
-    # ending in .yaml is read as YOLO and one ending in .json as COCO whatever this says
-    dataset: str = "voc"
+    # data: "auto" (the kind of data_root: a VOC folder, a YOLO data.yaml or a folder holding one, a
+    # COCO json or a folder holding annotations/instances_<split>.json), "voc", "coco" or "yolo"; a
+    # data_root ending in .yaml is read as YOLO and one ending in .json as COCO whatever this says.
+    # data_root "synth:DIR" generates the synthetic data set into DIR (new or empty) once; nothing
+    # else ever writes into data_root.
+    dataset: str = "auto"
     data_root: str = ""
     classes: str = ""                    # "a,b,c": the class list, in label order (default: the data's)
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str = "val"               # "": no validation set
+    skip_bad_images: bool = False        # leave out (and list) images that are missing or do not decode
     coco_train_images: str = ""
     coco_train_json: str = ""
     coco_val_images: str = ""
@@ -63,7 +74,7 @@ class TrainConfig:
 
 # The paper's recipe (batch 128, lr 0.05, warmup 500 from lr/3, ~100k iterations on VOC 07+12),
 # for several GPUs: BatchNorm synchronised over them under torchrun (one process: plain BN).
-PRESETS: dict[str, dict] = {
+TRAIN_PRESETS: dict[str, dict] = {
     "root_resnet34_voc": dict(model="root_resnet34_ssd300", dataset="voc", batch_size=128, lr=0.05,
                               max_iters=100_000, milestones=(0.67, 0.89), eval_every=10_000, ckpt_every=2000,
                               model_overrides={"norm": "syncbn"}),
@@ -76,10 +87,10 @@ PRESETS: dict[str, dict] = {
                                max_iters=400_000, milestones=(0.7, 0.9), eval_every=20_000, ckpt_every=5000,
                                train_split="train2017", val_split="val2017",
                                model_overrides={"prior_sizes": "coco", "norm": "syncbn"}),
-    # The README demo: a tiny Root-ResNet SSD on the synthetic shapes data, on 2 CPU cores, at the
-    # paper's lr 0.05. Milder zoom-out than the paper's (4x): at 128 px a 4x expand shrinks the 8 px
-    # objects to 2 px.
-    "demo": dict(model="root_resnet_demo", dataset="synth", batch_size=32, lr=0.05, warmup_iters=100,
+    # The README demo: a tiny Root-ResNet SSD on the synthetic shapes data (`--data synth:DIR`, or
+    # any data set), on 2 CPU cores, at the paper's lr 0.05. Milder zoom-out than the paper's (4x):
+    # at 128 px a 4x expand shrinks the 8 px objects to 2 px.
+    "demo": dict(model="root_resnet_demo", batch_size=32, lr=0.05, warmup_iters=100,
                  augment={"expand_prob": 0.3, "max_expand": 2.0, "min_crop": 0.5},
                  schedule="cosine", max_iters=800, eval_every=400, ckpt_every=400),
 }
@@ -108,49 +119,80 @@ def make_config(preset: str | None = None, overrides: list[str] | dict | None = 
     """A preset (or the defaults), then `key=value` overrides, with clear errors for typos."""
     cfg = TrainConfig()
     if preset:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown config preset {preset!r}; known presets: {', '.join(sorted(PRESETS))}")
-        cfg = dataclasses.replace(cfg, **PRESETS[preset])
+        if preset not in TRAIN_PRESETS:
+            raise ConfigError(f"unknown config preset {preset!r}; known presets: {', '.join(sorted(TRAIN_PRESETS))}")
+        cfg = dataclasses.replace(cfg, **TRAIN_PRESETS[preset])
     if isinstance(overrides, dict):
         items = list(overrides.items())
     else:
         items = []
         for item in overrides or []:
             if "=" not in item:
-                raise ValueError(f"override {item!r} is not of the form key=value")
+                raise ConfigError(f"override {item!r} is not of the form key=value")
             key, value = item.split("=", 1)
             items.append((key.strip(), value))
     known = {f.name for f in dataclasses.fields(cfg)}
     for key, value in items:
         if key not in known:
-            raise ValueError(f"unknown training option {key!r}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown training option {key!r}; known: {', '.join(sorted(known))}")
         current = getattr(cfg, key)
         try:
             parsed = _parse_value(value, current) if isinstance(value, str) else value
         except (ValueError, json.JSONDecodeError) as exc:
-            raise ValueError(f"bad value for {key}: {exc}") from None
+            raise ConfigError(f"bad value for {key}: {exc}") from None
         cfg = dataclasses.replace(cfg, **{key: parsed})
     validate(cfg)
     return cfg
 
 
+def _non_finite(value, name: str) -> tuple[str, float] | None:
+    """``(name, value)`` of the first NaN or infinite float in ``value`` (a number, or a tuple or dict of
+    them, nested), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (name, value)
+    if isinstance(value, (tuple, list)):
+        items = ((f"{name}[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(value, dict):
+        items = ((f"{name}.{k}", v) for k, v in value.items())
+    else:
+        return None
+    return next((bad for path, v in items if (bad := _non_finite(v, path))), None)
+
+
+def check_finite(options: dict) -> None:
+    """ConfigError naming the first option whose number (also inside a tuple or dict: milestones,
+    augment, model_overrides) is NaN or infinite."""
+    for name, value in options.items():
+        bad = _non_finite(value, name)
+        if bad:
+            raise ConfigError(f"{bad[0]} must be a finite number, got {bad[1]}")
+
+
 def validate(cfg: TrainConfig) -> None:
+    """ConfigError naming the first option that is out of range, NaN or infinite."""
+    check_finite({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
     if cfg.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.lr <= 0:
-        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
+    for name in ("momentum", "weight_decay", "grad_clip"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.max_iters < 1:
-        raise ValueError(f"max_iters must be >= 1, got {cfg.max_iters}")
+        raise ConfigError(f"max_iters must be >= 1, got {cfg.max_iters}")
     if cfg.schedule not in ("multistep", "cosine"):
-        raise ValueError(f"schedule must be 'multistep' or 'cosine', got {cfg.schedule!r}")
-    if cfg.dataset not in ("voc", "coco", "yolo", "synth"):
-        raise ValueError(f"dataset must be 'voc', 'coco', 'yolo' or 'synth', got {cfg.dataset!r}")
+        raise ConfigError(f"schedule must be 'multistep' or 'cosine', got {cfg.schedule!r}")
+    if cfg.dataset == "synth":
+        raise ConfigError("dataset 'synth' is not a reader: generate the synthetic data set with "
+                          "--data synth:DIR (DIR new or empty), or `scratchdet synth --out DIR`")
+    if cfg.dataset not in DATASET_KINDS:
+        raise ConfigError(f"dataset must be one of {', '.join(DATASET_KINDS)}, got {cfg.dataset!r}")
     if cfg.workers < -1:
-        raise ValueError(f"workers must be >= 0, or -1 for auto, got {cfg.workers}")
+        raise ConfigError(f"workers must be >= 0, or -1 for auto, got {cfg.workers}")
     if cfg.keep_last < 1:
-        raise ValueError(f"keep_last must be >= 1, got {cfg.keep_last}")
-    from ..models.registry import resolve_config
+        raise ConfigError(f"keep_last must be >= 1, got {cfg.keep_last}")
     try:  # a typo in the model or its overrides fails here, not after the data set is built
         resolve_config(cfg.model, **cfg.model_overrides)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"model / model_overrides: {exc}") from None
+        raise ConfigError(f"model / model_overrides: {exc}") from None
+
