@@ -239,7 +239,7 @@ def test_synth_data_is_generated_only_into_a_new_folder_and_reused(tmp_path, cap
     assert snapshot(data) == before
 
 
-# ------------------------------------------------------------------ checkpoints (H3's CheckpointError)
+# ------------------------------------------------------------------ checkpoints
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
@@ -249,7 +249,6 @@ def trained_run(tmp_path_factory):
     return data, out
 
 
-@pytest.mark.xfail(strict=False, reason="needs H3's CheckpointError")
 def test_resume_from_a_truncated_checkpoint(trained_run, tmp_path, capsys):
     data, out = trained_run
     checkpoints = os.path.join(out, "checkpoints")
@@ -263,7 +262,6 @@ def test_resume_from_a_truncated_checkpoint(trained_run, tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.xfail(strict=False, reason="needs H3's CheckpointError")
 def test_a_full_disk_while_writing_a_checkpoint(trained_run, tmp_path, capsys, monkeypatch):
     import errno
 
