@@ -146,7 +146,9 @@ def voc_xml(draw) -> bytes:
         return draw(st.binary(max_size=80))
     parts = []
     if draw(st.integers(0, 3)):
-        size = "".join(f"<{tag}>{escape(damage.pick(st.integers(1, 64).map(str), st.integers(-2, 0).map(str) | NUMBER_TEXT))}</{tag}>"
+        side = st.integers(1, 64).map(str)
+        bad_side = st.integers(-2, 0).map(str) | NUMBER_TEXT
+        size = "".join(f"<{tag}>{escape(damage.pick(side, bad_side))}</{tag}>"
                        for tag in ("width", "height") if not damage.hit())
         parts.append(f"<size>{size}<depth>3</depth></size>")
     for _ in range(draw(st.integers(0, 4))):
@@ -166,7 +168,8 @@ def voc_xml(draw) -> bytes:
             obj.append(f"<bndbox>{box}</bndbox>")
         parts.append("<object>" + "\n".join(obj) + "</object>")
     text = "<annotation>\n" + "\n".join(parts) + "\n</annotation>\n"
-    encoding = damage.pick(st.sampled_from(["utf-8", "utf-8", "latin-1", "utf-16"]), st.sampled_from(["shift_jis", "bogus"]))
+    encoding = damage.pick(st.sampled_from(["utf-8", "utf-8", "latin-1", "utf-16"]),
+                           st.sampled_from(["shift_jis", "bogus"]))
     if encoding != "utf-8" or draw(st.booleans()):
         text = f'<?xml version="1.0" encoding="{encoding}"?>\n' + text
     if damage.hit() and damage.hit():
@@ -234,10 +237,12 @@ VOC_CASES = {
                           "<xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>",
                           r"a\.xml: <object> #1: <xmin> is not a number: 'one'"),
     "missing coordinate": ("<annotation><object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
-                           "<xmax>5</xmax></bndbox></object></annotation>", r"a\.xml: <object> #1: <bndbox> has no <ymax>"),
+                           "<xmax>5</xmax></bndbox></object></annotation>",
+                           r"a\.xml: <object> #1: <bndbox> has no <ymax>"),
     "missing bndbox": ("<annotation><object><name>cat</name></object><object><name>cat</name></object></annotation>",
                        r"a\.xml: <object> #1: 'cat' has no <bndbox>"),
-    "missing name": ("<annotation><object><bndbox/></object></annotation>", r"a\.xml: <object> #1: <object> has no <name>"),
+    "missing name": ("<annotation><object><bndbox/></object></annotation>",
+                     r"a\.xml: <object> #1: <object> has no <name>"),
     "blank name": ("<annotation><object><name>  </name><bndbox/></object></annotation>",
                    r"a\.xml: <object> #1: <object> has no <name>"),
     "unknown class, second object": (
@@ -325,14 +330,16 @@ def yolo_label_file(draw) -> bytes:
         sep = draw(st.sampled_from([" ", " ", "\t", "  ", "\u00a0"]))
         lines.append(sep.join([cls, *coords]) + draw(st.sampled_from(["", " ", "\t"])))
         if draw(st.integers(0, 5)) == 0:
-            lines.append(damage.pick(st.sampled_from(["", "   "]), st.sampled_from(["# comment", "\x00", "0,0.5,0.5,0.1,0.1"])))
+            lines.append(damage.pick(st.sampled_from(["", "   "]),
+                                     st.sampled_from(["# comment", "\x00", "0,0.5,0.5,0.1,0.1"])))
     return finish_text(draw, damage, "\n".join(lines) + draw(st.sampled_from(["", "\n"])))
 
 
 @st.composite
 def yolo_folder(draw):
     stems = draw(st.lists(FILE_STEM, min_size=1, max_size=3, unique_by=str.lower))
-    return {"stems": stems, "labels": [None if draw(st.integers(0, 3)) == 0 else draw(yolo_label_file()) for _ in stems],
+    labels = [None if draw(st.integers(0, 3)) == 0 else draw(yolo_label_file()) for _ in stems]  # None: no file
+    return {"stems": stems, "labels": labels,
             "sizes": [draw(IMAGE_SIZE) for _ in stems]}
 
 
@@ -342,7 +349,8 @@ def make_yolo_folder(root, spec, yaml_text=None):
         if label is not None:
             write(os.path.join(root, "labels", "train", stem + ".txt"), label)
     if yaml_text is None:
-        yaml_text = "path: .\ntrain: images/train\nnames:\n" + "".join(f"  {i}: {n}\n" for i, n in enumerate(YOLO_NAMES))
+        yaml_text = ("path: .\ntrain: images/train\nnames:\n"
+                     + "".join(f"  {i}: {n}\n" for i, n in enumerate(YOLO_NAMES)))
     return write(os.path.join(root, "data.yaml"), yaml_text)
 
 
@@ -390,6 +398,15 @@ def test_yolo_examples(tmp_path, case):
     ds = build_or_data_error(lambda: YOLODataset(data_yaml, split="train"), ["a.txt"])
     assert isinstance(ds, YOLODataset), ds
     assert ds[0][1]["boxes"].tolist() == expected
+
+
+def test_yolo_drops_non_finite_and_degenerate_boxes_with_one_warning(tmp_path):
+    label = b"0 nan 0.5 0.2 0.2\n0 0.5 0.5 inf 0.2\n1 0.5 0.5 -0.2 0.2\n1 1.5 0.5 0.2 0.2\n1 0.5 0.5 0.2 0.4\n"
+    data_yaml = make_yolo_folder(str(tmp_path), {"stems": ["a"], "labels": [label], "sizes": [(100, 50)]},
+                                 "train: images/train\nnames: [car, person]\n")
+    with pytest.warns(UserWarning, match=r"dropped 4 degenerate box\(es\) of 5"):
+        ds = YOLODataset(data_yaml, split="train")
+    assert ds.get_annotation(0)["boxes"].tolist() == [[40, 15, 60, 35]]
 
 
 YAML_VALUES = st.recursive(
@@ -487,7 +504,8 @@ def coco_document(draw, damage: Damage):
     for k in range(draw(st.integers(0 if damage.hit() else 1, 5))):
         good_box = st.tuples(st.floats(-10, 60), st.floats(-10, 60), st.floats(0, 40), st.floats(0, 40)).map(list)
         weird_box = st.lists(JSON_NUMBER, min_size=0, max_size=5) | st.sampled_from(["1234", None, {}, [[1, 2, 3, 4]]])
-        annotation = entry(id=field(st.just(k + 1)), image_id=field(st.integers(1, 3) | st.sampled_from(["im0", "im1"])),
+        annotation = entry(id=field(st.just(k + 1)),
+                           image_id=field(st.integers(1, 3) | st.sampled_from(["im0", "im1"])),
                            category_id=field(st.sampled_from(cat_ids), st.sampled_from([99, "5", 5.0])),
                            bbox=field(good_box, weird_box),
                            iscrowd=field(st.sampled_from([0, 0, 0, 1]), st.sampled_from(["0", "yes", None, 2.5])),
@@ -524,7 +542,8 @@ def test_coco_reader_gives_a_valid_data_set_or_one_data_error(data, size):
 def coco_doc(annotations=(), images=None, categories=None):
     return {"images": images if images is not None else [{"id": 7, "file_name": "a.png", "width": 50, "height": 40}],
             "annotations": list(annotations),
-            "categories": categories if categories is not None else [{"id": 5, "name": "cat"}, {"id": 2, "name": "dög"}]}
+            "categories": categories if categories is not None else [{"id": 5, "name": "cat"},
+                                                                     {"id": 2, "name": "dög"}]}
 
 
 def box_ann(bbox, **extra):
@@ -546,7 +565,8 @@ COCO_CASES = {
                                r"instances\.json: image id 7 \(images\[0\]\): 'file_name' must be a string"),
     "image not an object": (coco_doc(images=["a.png"]), r"instances\.json: images\[0\] must be an object"),
     "image without id": (coco_doc(images=[{"file_name": "a.png"}]), r"images\[0\]: missing 'id'"),
-    "nan and inf bbox dropped": (coco_doc(annotations=[box_ann([float("nan"), 1, 2, 3]), box_ann([1, 1, float("inf"), 3]),
+    "nan and inf bbox dropped": (coco_doc(annotations=[box_ann([float("nan"), 1, 2, 3]),
+                                                       box_ann([1, 1, float("inf"), 3]),
                                                        box_ann([1e308, 1, 1e308, 3]), box_ann([1, 2, 3, 4])]),
                                  [[1, 2, 4, 6]]),
     "huge int bbox": (coco_doc(annotations=[box_ann([10 ** 400, 1, 2, 3])]), []),
@@ -564,7 +584,8 @@ COCO_CASES = {
                          r"annotation id 3 \(annotations\[0\]\) has category_id 99, which is not in 'categories'"),
     "unhashable category": (coco_doc(annotations=[box_ann([1, 2, 3, 4], category_id=[5])]),
                             r"annotation id 3 .*category_id"),
-    "annotation not an object": (coco_doc(annotations=[[1, 2]]), r"instances\.json: annotations\[0\] must be an object"),
+    "annotation not an object": (coco_doc(annotations=[[1, 2]]),
+                                 r"instances\.json: annotations\[0\] must be an object"),
     "annotation without image_id": (coco_doc(annotations=[{"id": 3}]), r"annotation id 3 .*missing 'image_id'"),
     "category name not a string": (coco_doc(categories=[{"id": 5, "name": 5}]),
                                    r"instances\.json: categories\[0\]: 'name' must be a non-empty string"),

@@ -12,6 +12,7 @@ ssd.pytorch and Detectron do. Evaluate such boxes with
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def _read_classes_file(roots):
         path = os.path.join(root, CLASSES_FILE)
         if os.path.isfile(path):
             names = [line.strip() for line in read_lines(path) if line.strip()]
-            duplicates = sorted({n for n in names if names.count(n) > 1})
+            duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
             if duplicates:
                 raise DataError(f"{path}: duplicate class names: {', '.join(duplicates)} (one class a line, each once)")
             return names
