@@ -1,4 +1,6 @@
-"""VOC and COCO readers: generated data, hand-written edge cases, bad input."""
+"""VOC and COCO readers: generated data, hand-written edge cases, bad input (a DataError naming the file).
+
+The property tests of the readers are in test_readers_property.py."""
 import json
 import os
 import warnings
@@ -9,6 +11,8 @@ import torch
 from PIL import Image
 
 from scratchdet.data import BadImageError, COCODataset, SSDTransform, VOCDataset, collate_detection, synth
+from scratchdet.engine.sampler import ResumableBatchSampler
+from scratchdet.structures.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +100,7 @@ def test_voc_edge_cases(tmp_path):
 
 def test_voc_unknown_class_lists_known(tmp_path):
     root = make_voc(tmp_path, {"a": ann(obj("zebra", 1, 1, 5, 5))}, classes=["cat", "dog"])
-    with pytest.raises(ValueError, match=r"a\.xml: unknown class 'zebra'; known classes: cat, dog"):
+    with pytest.raises(DataError, match=r"a\.xml: unknown class 'zebra'; known classes: cat, dog"):
         VOCDataset(root, split="train")
 
 
@@ -108,7 +112,7 @@ def test_voc_default_classes_and_explicit_classes(tmp_path):
 
 def test_voc_malformed_and_xxe_xml_are_refused(tmp_path):
     root = make_voc(tmp_path / "bad", {"broken": "<annotation><object></annotation>"}, classes=["cat"])
-    with pytest.raises(ValueError, match=r"broken\.xml: malformed XML"):
+    with pytest.raises(DataError, match=r"broken\.xml: malformed XML"):
         VOCDataset(root, split="train")
     secret = tmp_path / "secret.txt"
     secret.write_text("cat")
@@ -116,18 +120,18 @@ def test_voc_malformed_and_xxe_xml_are_refused(tmp_path):
            "<annotation><object><name>&xxe;</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax>"
            "<ymax>5</ymax></bndbox></object></annotation>")
     root = make_voc(tmp_path / "xxe", {"evil": xxe}, classes=["cat"])
-    with pytest.raises(ValueError, match=r"evil\.xml: refused: DOCTYPE"):
+    with pytest.raises(DataError, match=r"evil\.xml: refused: DOCTYPE"):
         VOCDataset(root, split="train")
     bomb = ('<!DOCTYPE a [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
             "<annotation>&b;</annotation>")
     root = make_voc(tmp_path / "bomb", {"bomb": bomb}, classes=["cat"])
-    with pytest.raises(ValueError, match="refused"):
+    with pytest.raises(DataError, match="refused"):
         VOCDataset(root, split="train")
     # the same attack encoded as UTF-16, which a byte search for "<!DOCTYPE" would miss
     root = make_voc(tmp_path / "utf16", {"evil16": None}, classes=["cat"])
     with open(os.path.join(root, "Annotations", "evil16.xml"), "wb") as f:
         f.write(xxe.replace('version="1.0"', 'version="1.0" encoding="UTF-16"').encode("utf-16"))
-    with pytest.raises(ValueError, match="refused"):
+    with pytest.raises(DataError, match="refused"):
         VOCDataset(root, split="train")
 
 
@@ -206,14 +210,14 @@ def test_coco_reader_mapping_crowd_and_clipping(tmp_path):
 
 
 def test_coco_bad_input(tmp_path):
-    with pytest.raises(ValueError, match=r"broken\.json: malformed JSON"):
+    with pytest.raises(DataError, match=r"broken\.json: malformed JSON"):
         COCODataset(tmp_path, write_json(tmp_path / "broken.json", '{"images": ['))
-    with pytest.raises(ValueError, match=r"notcoco\.json: not a COCO instances file"):
+    with pytest.raises(DataError, match=r"notcoco\.json: not a COCO instances file"):
         COCODataset(tmp_path, write_json(tmp_path / "notcoco.json", [1, 2]))
     path = coco_file(tmp_path, [{"id": 1, "image_id": 7, "category_id": 99, "bbox": [1, 2, 3, 4]}])
-    with pytest.raises(ValueError, match="category_id 99"):
+    with pytest.raises(DataError, match="category_id 99"):
         COCODataset(tmp_path, path)
-    with pytest.raises(ValueError, match="unknown class.*'horse'.*known classes: dog, cat"):
+    with pytest.raises(DataError, match="unknown class.*'horse'.*known classes: dog, cat"):
         COCODataset(tmp_path, coco_file(tmp_path, []), classes=["horse"])
     with pytest.raises(FileNotFoundError, match="nothere.json"):
         COCODataset(tmp_path, tmp_path / "nothere.json")
@@ -254,8 +258,6 @@ def test_dataloader_workers_are_deterministic(synth_root):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_image_cache_and_epoch_tagged_indices_give_byte_identical_batches(synth_root, workers):
-    from scratchdet.engine.sampler import ResumableBatchSampler
-
     def batches(cached, with_epoch):
         ds = VOCDataset(synth_root, split="train", transform=SSDTransform(48, train=True, seed=3))
         if cached:

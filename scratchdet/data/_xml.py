@@ -10,8 +10,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
 
+from ..structures.errors import DataError
 
-class UnsafeXMLError(ValueError):
+
+class UnsafeXMLError(DataError):
     """The document declares a DOCTYPE or entities, which annotation files never need."""
 
 
@@ -22,7 +24,7 @@ def _refuse(kind):
 
 
 def parse_xml(data: bytes, source: str) -> ET.Element:
-    """Parse ``data`` (the bytes of ``source``) into an Element; errors name ``source``."""
+    """Parse ``data`` (the bytes of ``source``) into an Element; errors are DataErrors naming ``source``."""
     guard = expat.ParserCreate()
     guard.StartDoctypeDeclHandler = _refuse("DOCTYPE")
     guard.EntityDeclHandler = _refuse("ENTITY")
@@ -32,10 +34,11 @@ def parse_xml(data: bytes, source: str) -> ET.Element:
         guard.Parse(data, True)
     except UnsafeXMLError as exc:
         raise UnsafeXMLError(f"{source}: refused: {exc} (annotation XML must not use DTDs or entities)") from None
-    except expat.ExpatError as exc:
-        raise ValueError(f"{source}: malformed XML: {exc}") from None
+    # ValueError: a multi-byte encoding expat cannot use; LookupError: an encoding Python does not know
+    except (expat.ExpatError, ValueError, LookupError) as exc:
+        raise DataError(f"{source}: malformed XML: {exc}") from None
     # The guard saw the whole document and it has no DTD, so no entity can be expanded here.
     try:
         return ET.fromstring(data)
-    except ET.ParseError as exc:
-        raise ValueError(f"{source}: malformed XML: {exc}") from None
+    except (ET.ParseError, ValueError, LookupError) as exc:
+        raise DataError(f"{source}: malformed XML: {exc}") from None

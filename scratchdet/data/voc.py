@@ -12,10 +12,13 @@ ssd.pytorch and Detectron do. Evaluate such boxes with
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import numpy as np
 
-from ._boxes import clip_and_filter, warn_dropped
+from ..structures.errors import DataError
+from ._boxes import clip_and_filter, usable_side, warn_dropped
+from ._text import read_lines, short_repr
 from ._xml import parse_xml
 from .dataset import DetectionDataset, Record
 
@@ -27,55 +30,69 @@ VOC_CLASSES = (
 CLASSES_FILE = "classes.txt"  # optional, one class name a line; the synthetic data set writes one
 
 
-def _text(node, tag, source, default=None):
+BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
+
+
+def _text(node, tag, where, default=None) -> str:
+    """The stripped text of ``node``'s child ``tag``; a missing or blank one is ``default`` or an error."""
     child = node.find(tag)
-    if child is None or child.text is None:
+    text = child.text.strip() if child is not None and child.text is not None else ""
+    if not text:
         if default is not None:
             return default
-        raise ValueError(f"{source}: <{node.tag}> has no <{tag}>")
-    return child.text.strip()
+        raise DataError(f"{where}: <{node.tag}> has no <{tag}>")
+    return text
 
 
-def _number(node, tag, source):
-    value = _text(node, tag, source)
+def _number(node, tag, where) -> float:
+    value = _text(node, tag, where)
     try:
-        return float(value)
+        return float(value)     # "nan" and "inf" parse: such boxes are dropped later, counted in the warning
     except ValueError:
-        raise ValueError(f"{source}: <{tag}> is not a number: {value!r}") from None
+        raise DataError(f"{where}: <{tag}> is not a number: {short_repr(value)}") from None
+
+
+def _image_size(root, path):
+    """The annotated (width, height), or (None, None) when absent or unusable (some VOC12 files say
+    0x0; NaN, negative or absurd sizes alike): the image file's size is trusted then."""
+    size = root.find("size")
+    if size is None or size.find("width") is None or size.find("height") is None:
+        return None, None
+    width, height = _number(size, "width", path), _number(size, "height", path)
+    if not (usable_side(width) and usable_side(height)):
+        return None, None
+    return int(width), int(height)
 
 
 def parse_voc_xml(path: str, class_to_label: dict, hint: str = ""):
-    """Read one annotation file. Returns (boxes, labels, difficult, width, height), boxes unclipped.
+    """Read one annotation file. Returns (boxes, labels, difficult, width, height), boxes unclipped
+    (float64, possibly not finite). Errors are DataErrors naming the file and the <object>.
 
     An empty file or one without <object> is an image with no objects.
     """
     with open(path, "rb") as f:
         data = f.read()
-    empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool), None, None)
+    empty = (np.zeros((0, 4), np.float64), np.zeros(0, np.int64), np.zeros(0, bool), None, None)
     if not data.strip():
         return empty
     root = parse_xml(data, path)
-    size = root.find("size")
-    width = height = None
-    if size is not None and size.find("width") is not None and size.find("height") is not None:
-        width, height = int(_number(size, "width", path)), int(_number(size, "height", path))
-        if width <= 0 or height <= 0:
-            width = height = None  # some VOC12 files say 0x0: trust the image instead
+    width, height = _image_size(root, path)
     boxes, labels, difficult = [], [], []
-    for obj in root.iter("object"):
-        name = _text(obj, "name", path)
+    for k, obj in enumerate(root.iter("object"), start=1):
+        where = f"{path}: <object> #{k}"
+        name = _text(obj, "name", where)
         if name not in class_to_label:
-            raise ValueError(f"{path}: unknown class {name!r}; known classes: {', '.join(class_to_label)}"
-                             + (f"; {hint}" if hint else ""))
+            raise DataError(f"{path}: unknown class {short_repr(name)}; known classes: {', '.join(class_to_label)}"
+                            + (f"; {hint}" if hint else "") + f" (<object> #{k})")
         bb = obj.find("bndbox")
         if bb is None:
-            raise ValueError(f"{path}: <object> {name!r} has no <bndbox>")
-        boxes.append([_number(bb, t, path) - 1.0 for t in ("xmin", "ymin", "xmax", "ymax")])
+            raise DataError(f"{where}: {short_repr(name)} has no <bndbox>")
+        boxes.append([_number(bb, t, where) - 1.0 for t in BOX_TAGS])
         labels.append(class_to_label[name])
-        difficult.append(_text(obj, "difficult", path, default="0") not in ("0", "false", "False"))
+        difficult.append(_text(obj, "difficult", where, default="0") not in ("0", "false", "False"))
     if not boxes:
         return empty[:3] + (width, height)
-    return (np.asarray(boxes, np.float32), np.asarray(labels, np.int64), np.asarray(difficult, bool),
+    return (np.asarray(boxes, np.float64), np.asarray(labels, np.int64), np.asarray(difficult, bool),
             width, height)
 
 
@@ -83,8 +100,11 @@ def _read_classes_file(roots):
     for root in roots:
         path = os.path.join(root, CLASSES_FILE)
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                return [line.strip() for line in f if line.strip()]
+            names = [line.strip() for line in read_lines(path) if line.strip()]
+            duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
+            if duplicates:
+                raise DataError(f"{path}: duplicate class names: {', '.join(duplicates)} (one class a line, each once)")
+            return names
     return None
 
 
@@ -97,7 +117,8 @@ def discover_classes(xml_paths) -> list[str]:
             data = f.read()
         if data.strip():
             root = parse_xml(data, path)
-            names.update(_text(obj, "name", path) for obj in root.iter("object"))
+            names.update(_text(obj, "name", f"{path}: <object> #{k}")
+                         for k, obj in enumerate(root.iter("object"), start=1))
     if names <= set(VOC_CLASSES):
         return list(VOC_CLASSES)
     return sorted(names)
@@ -118,8 +139,9 @@ class VOCDataset(DetectionDataset):
         skip_bad_images: see :class:`DetectionDataset`.
         image_ext: image file extension.
 
-    Boxes are clipped to the image; degenerate boxes are dropped with one warning
-    that counts them. Unknown class names and malformed XML raise errors naming the file.
+    Boxes are clipped to the image; degenerate or non-finite boxes are dropped with one warning
+    that counts them. Unknown class names, missing fields, coordinates that are not numbers and
+    malformed XML raise a :class:`DataError` naming the file (and the <object>).
     """
 
     pixel_inclusive = True      # 0-based inclusive pixel indices: the devkit's +1 widths apply
@@ -155,11 +177,8 @@ class VOCDataset(DetectionDataset):
         records, dropped, total = [], 0, 0
         for r, image_id, xml_path in items:
             boxes, labels, difficult, width, height = parse_voc_xml(xml_path, class_to_label, hint)
-            keep = np.ones(len(boxes), bool)
-            if width is not None:
-                boxes, keep = clip_and_filter(boxes, width, height)
-            else:
-                _, keep = clip_and_filter(boxes, np.inf, np.inf)
+            # no usable annotated size: clip to [0, inf) now, to the image when it is loaded
+            boxes, keep = clip_and_filter(boxes, width or np.inf, height or np.inf)
             dropped += int((~keep).sum())
             total += len(keep)
             records.append(Record(os.path.join(r, "JPEGImages", image_id + image_ext), image_id,
@@ -177,5 +196,4 @@ class VOCDataset(DetectionDataset):
             found = sorted(f[:-4] for f in os.listdir(main) if f.endswith(".txt") and "_" not in f) \
                 if os.path.isdir(main) else []
             raise FileNotFoundError(f"split file not found: {path}; available splits: {found or 'none'}")
-        with open(path, encoding="utf-8") as f:
-            return [line.split()[0] for line in f if line.strip()]
+        return [line.split()[0] for line in read_lines(path) if line.strip()]
