@@ -42,7 +42,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
@@ -369,10 +368,8 @@ def _example_uint8(model, batch_size: int) -> torch.Tensor:
 
 
 def _temp_path(path: str, suffix: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
-    os.close(fd)
-    return tmp
+    """A name beside ``path`` for writing before the check (renamed over ``path`` after it)."""
+    return f"{os.path.splitext(path)[0]}.tmp{os.getpid()}{suffix}"
 
 
 def export_detector_onnx(model, path: str, *, dynamic: bool = True, batch_size: int = 1, opset: int = 18,
