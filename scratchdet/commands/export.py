@@ -7,6 +7,7 @@ import os
 import time
 
 from ..cli import CLIError
+from ._common import load_model, writable_dir
 
 FORMATS = ("onnx", "openvino", "torch-export")
 OPTIONAL_PACKAGES = ("onnx", "onnxscript", "onnxruntime", "openvino")
@@ -52,8 +53,6 @@ def parse_formats(text: str, nms: bool) -> set[str]:
 
 def run(args):
     import torch
-
-    from ._common import load_model, writable_dir
 
     formats = parse_formats(args.format, args.nms)
     if args.batch_size < 1:

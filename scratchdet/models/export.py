@@ -25,13 +25,15 @@ Semantics (``scratchdet.ops.reference.detect`` is the spec) and where they can d
   scores go to the lower prior index, as in the reference's stable sort), then ONNX
   ``NonMaxSuppression`` among them, which suppresses a box whose IoU with a kept box is
   ``> nms_threshold`` (ONNX Runtime: IoU in float32 as ``inter / (area1 + area2 - inter)``, the
-  reference's formula, compared with ``float32(nms_threshold)``; OpenVINO's NMS-9 has the same
-  strict ``>``). Differences from the reference: (1) the reference compares the float32 IoU widened to
-  float64 with the float64 threshold, so an IoU exactly equal to ``float32(nms_threshold)``, where that
-  rounds *up*, is suppressed by the reference and kept here; (2) among equal scores inside one class
-  ONNX Runtime visits boxes in heap order, not by lower prior index, so with exactly tied scores a
-  different one of two overlapping boxes may be kept. Non-candidates get score ``-inf``, so whether a
-  runtime's NMS score filter is ``>`` or ``>=`` does not matter;
+  reference's formula, compared with ``float32(nms_threshold)``; OpenVINO's NonMaxSuppression spec also
+  removes a box whose IoU is "greater than" the threshold). Differences from the reference: (1) the
+  reference compares the float32 IoU widened to float64 with the float64 threshold, so an IoU exactly
+  equal to ``float32(nms_threshold)``, where that rounds *up*, is suppressed by the reference and kept
+  here; (2) among exactly equal scores inside one class, ONNX Runtime visits boxes in its heap's order
+  and OpenVINO's spec names no order, not the reference's lower prior index first, so of two
+  overlapping boxes with tied scores a different one may be kept. The score filters differ too (ONNX
+  Runtime keeps ``score > threshold``, OpenVINO's spec ``score >= threshold``), so the graph does the
+  thresholding itself and gives non-candidates score ``-inf``, which both filters drop;
 * across classes: the ``keep_top_k`` best by score, equal scores by lower prior index, then lower
   class (a TopK over the [prior, class] layout);
 * padding past ``num_detections``: boxes 0, scores 0, labels 0 (``ops.detect`` pads labels with -1;
