@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import scratchdet
-from scratchdet import runtime
+from scratchdet import ops, runtime
 from scratchdet.data.preprocess import preprocess
 from scratchdet.models import export
 from scratchdet.models.export import ExportCheckError, check_detections, reference_detections
@@ -122,6 +122,46 @@ def test_openvino_export_refuses_a_mismatch_and_writes_nothing(exported, tmp_pat
     assert os.listdir(tmp_path) == []
 
 
+def _run_post_graph(priors, loc, logits, settings, input_size=(96, 128)):
+    import onnx
+    import onnxruntime as ort
+
+    graph = export.detector_graph(priors, (0.1, 0.2), input_size, logits.shape[2], settings, "batch",
+                                  [onnx.helper.make_opsetid("", 18)], 10)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip(export.DETECTOR_OUTPUTS, session.run(list(export.DETECTOR_OUTPUTS),
+                                                          {"loc": loc.numpy(), "logits": logits.numpy()})))
+
+
+@pytest.mark.parametrize("P,C,settings", [
+    (12, 3, dict(score_threshold=0.05, nms_threshold=0.5, top_k=5, keep_top_k=40)),     # K > P*(C-1): padded
+    (700, 6, dict(score_threshold=0.1, nms_threshold=0.3, top_k=50, keep_top_k=60)),
+    (700, 6, dict(score_threshold=-1.0, nms_threshold=0.0, top_k=700, keep_top_k=5000)),
+])
+def test_post_processing_graph_equals_ops_detect(P, C, settings):
+    """The ONNX post-processing alone against scratchdet.ops.detect on random raw outputs, with
+    non-finite logits and boxes that must give nothing."""
+    g = torch.Generator().manual_seed(P + C)
+    priors = torch.cat([torch.rand(P, 2, generator=g), 0.05 + 0.4 * torch.rand(P, 2, generator=g)], 1)
+    loc = torch.randn(3, P, 4, generator=g)
+    logits = 2 * torch.randn(3, P, C, generator=g)
+    logits[0, 1, 2] = float("nan")
+    logits[1, 3, 0] = float("inf")
+    loc[2, 4, 3] = float("nan")                       # a NaN box: no detection even with finite scores
+    loc[2, 5, 2] = 200.0                              # exp overflows: an infinite box, clipped to [0, 1]
+    out = _run_post_graph(priors, loc, logits, settings)
+    boxes, scores, labels, num = ops.detect(loc, logits, priors, (0.1, 0.2), clip=True, **settings)
+    K = settings["keep_top_k"]
+    assert out["boxes"].shape == (3, K, 4) and out["labels"].shape == (3, K)
+    assert out["num_detections"].tolist() == num.tolist() and num.min() > 0
+    expected = [{"boxes": boxes[i, :n].numpy() * np.array([128, 96, 128, 96], np.float32),
+                 "scores": scores[i, :n].numpy(), "labels": labels[i, :n].numpy()} for i, n in enumerate(num.tolist())]
+    check_detections(expected, _unpadded(out), "post-processing graph")
+    for i, n in enumerate(num.tolist()):
+        assert (out["labels"][i, n:] == 0).all() and (out["scores"][i, n:] == 0).all()
+        assert (out["boxes"][i, n:] == 0).all() and np.isfinite(out["boxes"][i]).all()
+
+
 def test_check_detections_names_the_worst_detection():
     rng = np.random.default_rng(0)
     det = {"boxes": rng.uniform(0, 128, (5, 4)).astype(np.float32), "scores": np.linspace(0.9, 0.5, 5, dtype=np.float32),
@@ -191,6 +231,8 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
     assert "unknown --format ['tflite']" in capsys.readouterr().err
     assert main(["export", "--weights", "x.pt", "--out", str(tmp_path), "--format", "openvino", "--no-nms"]) == 2
     assert "drop --no-nms" in capsys.readouterr().err
+    assert main(["export", "--weights", "x.pt", "--out", str(tmp_path), "--opset", "17"]) == 2
+    assert "needs opset >= 18" in capsys.readouterr().err
     weights = tmp_path / "w.pt"
     scratchdet.save(demo_model(), weights)
     assert main(["export", "--weights", str(weights), "--out", str(tmp_path / "o"), "--top-k", "0"]) == 2

@@ -55,6 +55,8 @@ def run(args):
     import torch
 
     formats = parse_formats(args.format, args.nms)
+    if args.nms and args.opset < 18:
+        raise CLIError(f"--opset {args.opset}: the whole detector needs opset >= 18 (or export --no-nms)")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = writable_dir(args.out)

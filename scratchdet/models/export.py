@@ -400,6 +400,8 @@ def export_detector_onnx(model, path: str, *, dynamic: bool = True, batch_size: 
     import onnx
     import onnx.compose
 
+    if opset < 18:
+        raise ValueError(f"the detector graph needs ONNX opset >= 18 (ReduceMax with axes as an input), got {opset}")
     settings = detector_settings(model, score_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k,
                                  keep_top_k=keep_top_k)
     model = model.eval()
