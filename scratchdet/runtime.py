@@ -50,7 +50,8 @@ def to_rgb(image) -> Image.Image:
 def resize_to_input(image: Image.Image, input_size: Sequence[int], resize: str = "bilinear") -> np.ndarray:
     """RGB PIL image -> uint8 ``[3, H, W]`` at ``input_size`` (height, width), PIL's filter ``resize``."""
     h, w = int(input_size[0]), int(input_size[1])
-    return np.ascontiguousarray(np.asarray(image.resize((w, h), RESIZE_FILTERS[resize]), dtype=np.uint8).transpose(2, 0, 1))
+    resized = np.asarray(image.resize((w, h), RESIZE_FILTERS[resize]), dtype=np.uint8)
+    return np.ascontiguousarray(resized.transpose(2, 0, 1))
 
 
 class Detector:

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -164,8 +163,8 @@ def test_post_processing_graph_equals_ops_detect(P, C, settings):
 
 def test_check_detections_names_the_worst_detection():
     rng = np.random.default_rng(0)
-    det = {"boxes": rng.uniform(0, 128, (5, 4)).astype(np.float32), "scores": np.linspace(0.9, 0.5, 5, dtype=np.float32),
-           "labels": np.array([1, 2, 1, 3, 2])}
+    det = {"boxes": rng.uniform(0, 128, (5, 4)).astype(np.float32),
+           "scores": np.linspace(0.9, 0.5, 5, dtype=np.float32), "labels": np.array([1, 2, 1, 3, 2])}
     same = {k: v.copy() for k, v in det.items()}
     same["boxes"][0, 0] += 1e-4                       # within 1e-4 relative + 1e-3 px
     same["scores"][1] += 5e-6
@@ -212,6 +211,27 @@ def test_runtime_resize_matches_the_package_preprocess(shape, tmp_path):
         if isinstance(source, str) and image.ndim == 3 and image.shape[2] == 4:
             continue                                   # a PNG with alpha: PIL's RGBA->RGB, as detect's Image.open
         assert np.array_equal(ours, expected[0].numpy())
+
+
+def test_runtime_pads_a_fixed_batch_and_maps_boxes_to_each_image():
+    seen = []
+
+    def fake_graph(batch):          # one detection per image: the whole input, score 0.5, label 2
+        seen.append(batch.shape)
+        B = len(batch)
+        return {"num_detections": np.ones(B, np.int64),
+                "boxes": np.tile(np.array([[[0, 0, 128, 96], [0, 0, 0, 0]]], np.float32), (B, 1, 1)),
+                "scores": np.tile(np.array([[0.5, 0]], np.float32), (B, 1)),
+                "labels": np.tile(np.array([[2, 0]], np.int64), (B, 1))}
+    meta = {"format": runtime.DETECTOR_FORMAT, "input_size": [96, 128], "resize": "bilinear"}
+    detector = runtime.Detector(fake_graph, meta, batch_size=4, backend="fake")
+    images = [np.zeros((30, 40, 3), np.uint8), np.zeros((50, 20), np.uint8), Image.new("RGB", (7, 9))]
+    results = detector.predict(images)
+    assert seen == [(4, 3, 96, 128)]
+    assert [r["boxes"].tolist() for r in results] == [[[0, 0, 40, 30]], [[0, 0, 20, 50]], [[0, 0, 7, 9]]]
+    assert all(r["labels"].tolist() == [2] and r["scores"].tolist() == [0.5] for r in results)
+    with pytest.raises(ValueError, match="not a scratchdet detector export"):
+        runtime.Detector(fake_graph, {"format": "other"}, None, "fake")
 
 
 def test_runtime_rejects_other_files(tmp_path):
@@ -285,8 +305,8 @@ def _run_without_torch(tmp_path, model_files, image_paths):
     block.mkdir()
     (block / "sitecustomize.py").write_text(BLOCK_TORCH)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(block), ROOT])}
-    proc = subprocess.run([sys.executable, "-c", PREDICT_WITHOUT_TORCH, json.dumps(image_paths), *map(str, model_files)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    command = [sys.executable, "-c", PREDICT_WITHOUT_TORCH, json.dumps(image_paths), *map(str, model_files)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -318,7 +338,8 @@ def test_export_command_fixed_batch_onnx_and_openvino(tmp_path):
     out = tmp_path / "exp"
     proc = subprocess.run([sys.executable, "-m", "scratchdet", "export", "--weights", str(weights), "--out", str(out),
                            "--format", "onnx,openvino", "--score-threshold", "0.25", "--keep-top-k", "30"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=600)
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=600,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wrote" in proc.stdout and "checked against the eager model" in proc.stdout
     assert sorted(os.listdir(out)) == ["model.bin", "model.onnx", "model.xml"]

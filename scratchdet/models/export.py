@@ -160,15 +160,15 @@ def detector_graph(priors: torch.Tensor, variances: Sequence[float], input_size:
     v0, v1 = (f32(v) for v in variances)
     thr = const("score_threshold", np.array([settings["score_threshold"]], f32))
     neg_inf = const("neg_inf", np.array(-np.inf, f32))
-    zero_f, zero_i = const("zero_f", np.array(0, f32)), const("zero_i", np.array(0, np.int64))
+    const("zero_f", np.array(0, f32))
+    const("zero_i", np.array(0, np.int64))
 
     # decode, op for op as reference.decode: cxcy = p_xy + loc_xy * v0 * p_wh; wh = p_wh * exp(loc_wh * v1)
     loc_xy = node("Slice", ["loc", const("s0", np.array([0])), const("s2", np.array([2])), const("ax2", np.array([2]))],
                   "loc_xy")
     loc_wh = node("Slice", ["loc", "s2", const("s4", np.array([4])), "ax2"], "loc_wh")
-    cxcy = node("Add", [const("prior_xy", pri[:, :2]),
-                        node("Mul", [node("Mul", [loc_xy, const("v0", v0)], "loc_xy_v0"), const("prior_wh", pri[:, 2:])],
-                             "d_xy")], "cxcy")
+    d_xy = node("Mul", [node("Mul", [loc_xy, const("v0", v0)], "loc_xy_v0"), const("prior_wh", pri[:, 2:])], "d_xy")
+    cxcy = node("Add", [const("prior_xy", pri[:, :2]), d_xy], "cxcy")
     wh = node("Mul", ["prior_wh", node("Exp", [node("Mul", [loc_wh, const("v1", v1)], "loc_wh_v1")], "exp_wh")], "wh")
     x1y1 = node("Sub", [cxcy, node("Div", [wh, const("two", f32(2))], "half_wh")], "x1y1")
     boxes = node("Concat", [x1y1, node("Add", [x1y1, wh], "x2y2")], "boxes_raw", axis=-1)
