@@ -13,8 +13,10 @@ How the whole detector is built: the network (uint8 cast and normalisation in fr
 torch's dynamo ONNX exporter; the post-processing is written as an ONNX subgraph with ``onnx.helper``
 and joined to it with ``onnx.compose.merge_models``. Writing the post-processing by hand keeps every
 step's semantics in view (the thresholds' strictness, the tie rules, the padding) and leaves the
-data-dependent NonMaxSuppression out of torch.export, which has no fake kernel for an output whose
-length depends on the data.
+data-dependent NonMaxSuppression out of torch.export: ``torch.onnx.ops.symbolic`` can emit the op, but its
+output shape must be given up front (tried with torch 2.14: a placeholder ``[5, 3]`` is written as the
+output's shape and ONNX Runtime warns when 20 rows come back), and everything after it would be traced
+with that made-up shape.
 
 Semantics (``scratchdet.ops.reference.detect`` is the spec) and where they can differ:
 
