@@ -6,10 +6,15 @@ import importlib
 
 __version__ = "0.1.0"
 
-from . import ops  # noqa: E402,F401  (loads the compiled kernels)
+try:
+    from . import ops  # noqa: E402,F401  (loads the compiled kernels)
+except ImportError as exc:  # no torch: scratchdet.runtime still works; `scratchdet.ops` raises on first use
+    if exc.name != "torch" and not str(exc.name or "").startswith("torch."):
+        raise
 
 # public name -> (module, attribute); imported lazily so `import scratchdet` stays light
 _LAZY = {
+    "ops": ("scratchdet.ops", None),
     "models": ("scratchdet.models", None),
     "data": ("scratchdet.data", None),
     "evaluation": ("scratchdet.evaluation", None),
@@ -23,7 +28,7 @@ _LAZY = {
     "FastPredictor": ("scratchdet.models.fast_inference", "FastPredictor"),
 }
 
-__all__ = ["ops", "__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY]   # _LAZY starts with "ops"
 
 
 def __getattr__(name):
