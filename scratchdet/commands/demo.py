@@ -56,7 +56,7 @@ def run(args):
     max_iters = args.max_iters or base["max_iters"]
     if max_iters:
         overrides += [f"max_iters={max_iters}", f"warmup_iters={min(100, max_iters // 5)}",
-                      f"eval_every=0", f"ckpt_every={max(1, max_iters // 2)}"]
+                      "eval_every=0", f"ckpt_every={max(1, max_iters // 2)}"]
     if args.quick:
         overrides += ["batch_size=8", "workers=0"]
     overrides += list(args.overrides)  # the user's --set wins

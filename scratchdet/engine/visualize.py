@@ -5,6 +5,9 @@ import math
 import os
 
 import torch
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
+from torchvision.utils import draw_bounding_boxes, make_grid
 
 from .training_log import read_jsonl
 
@@ -14,8 +17,6 @@ PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
 
 def draw_detections(image, boxes, labels, scores, class_names, score_threshold: float = 0.3):
     """A uint8 CHW tensor with labelled boxes for the detections scoring >= score_threshold."""
-    from torchvision.transforms.functional import pil_to_tensor
-    from torchvision.utils import draw_bounding_boxes
 
     img = pil_to_tensor(image) if not torch.is_tensor(image) else image
     keep = scores >= score_threshold
@@ -30,8 +31,6 @@ def draw_detections(image, boxes, labels, scores, class_names, score_threshold: 
 
 def save_grid(images: list, path: str, ncol: int = 4) -> str:
     """Save uint8 CHW tensors (any sizes) as one picture, each padded to the largest."""
-    from PIL import Image
-    from torchvision.utils import make_grid
 
     h = max(int(i.shape[1]) for i in images)
     w = max(int(i.shape[2]) for i in images)
