@@ -87,12 +87,12 @@ def run(args):
     model = trainer.model.eval()
 
     print("[4/4] drawing detections and training curves")
-    from PIL import Image
+    from ..structures.image import read_image
 
     val_raw = trainer.val_set
     pictures = []
     for i in range(min(8, len(val_raw))):
-        image = Image.open(val_raw.records[i].image_path).convert("RGB")
+        image = read_image(val_raw.records[i].image_path)
         pred = model.predict([image])[0]
         pictures.append(draw_detections(image, pred["boxes"], pred["labels"], pred["scores"], trainer.classes, 0.4))
     det_png = save_grid(pictures, os.path.join(out, "detections.png"))

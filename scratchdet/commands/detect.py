@@ -38,11 +38,12 @@ def _collect(paths):
 
 
 def run(args):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
     from torchvision.transforms.functional import to_pil_image
 
     from ._common import load_model, pick_device, writable_dir
     from ..engine.visualize import draw_detections
+    from ..structures.image import read_image
 
     files = _collect(args.images)
     out = writable_dir(args.out)
@@ -55,7 +56,7 @@ def run(args):
     results = {}
     for path in files:
         try:
-            image = Image.open(path).convert("RGB")
+            image = read_image(path)
         except (OSError, UnidentifiedImageError) as exc:
             raise CLIError(f"cannot read image {path}: {exc}") from None
         pred = predictor.predict([image])[0]

@@ -29,7 +29,7 @@ def register(sub):
 def run(args):
     from ._common import existing_dir, existing_file, load_model, pick_device, writable_dir
     from ..data import COCODataset, SSDTransform, VOCDataset, YOLODataset
-    from ..engine.evaluate import evaluate_model
+    from ..evaluation.evaluate import evaluate_model
     from ..evaluation import format_ap_table, plot_pr_curves
 
     device = pick_device(args.device)

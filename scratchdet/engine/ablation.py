@@ -194,7 +194,7 @@ class Ablation:
 
     def _evaluate(self, model, val_set, data_root: str, workers: int) -> dict:
         from ..evaluation import coco_eval, detections_to_coco, small_object_map
-        from .evaluate import evaluate_model, pixel_inclusive
+        from ..evaluation.evaluate import evaluate_model, pixel_inclusive
 
         r = evaluate_model(model, val_set, batch_size=self.batch_size, device=model.priors.device,
                            workers=workers)                     # the trainer's resolved count (-1 is auto)
@@ -203,8 +203,8 @@ class Ablation:
             return out
         sizes = [(rec.width, rec.height) for rec in val_set.records]
         if any(w is None for w, _ in sizes):
-            from PIL import Image
-            sizes = [Image.open(rec.image_path).size for rec in val_set.records]
+            from ..structures.image import read_image_size
+            sizes = [read_image_size(rec.image_path) for rec in val_set.records]
         small = small_object_map(r["detections"], r["annotations"], sizes, model.input_size,
                                  pixel_inclusive=pixel_inclusive(val_set))
         out["map_small"] = None if small is None else small["map"]

@@ -208,7 +208,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict:
-        from .evaluate import evaluate_model
+        from ..evaluation.evaluate import evaluate_model
 
         result = {}
         self._sync_buffers()

@@ -19,7 +19,7 @@ import torch.nn as nn
 from .backbones import RESNET_BLOCKS, ResNetBackbone, VGG16Backbone
 from .extras import extra_out_size, residual_extras, vgg_extras
 from .layers import BasicBlock, ConvNormAct, check_norm, convert_norms
-from .priors import as_hw
+from ..structures.image import as_hw
 
 __all__ = ["SSDParts", "FAMILIES", "resolve_norms", "generic_parts", "probe_features"]
 

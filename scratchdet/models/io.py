@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from .registry import build_detector, build_model
+
 __all__ = ["save", "load", "FORMAT", "VERSION"]
 
 FORMAT = "scratchdet.model"
@@ -43,8 +45,6 @@ def load(path, map_location="cpu", backbone=None):
     A model built with :func:`scratchdet.build_detector` around a user module needs a new
     instance of that module as ``backbone`` (its weights come from the file).
     """
-    from .registry import build_detector, build_model
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"scratchdet.load: no such file: {path}")

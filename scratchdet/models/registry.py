@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from ..data.preprocess import check_input_spec
+from ..structures.image import check_input_spec
 from .families import FAMILIES, generic_parts, resolve_norms
 from .layers import init_weights
 from .priors import default_aspect_ratios, generate_priors, num_priors_per_location, prior_sizes, ssd_prior_sizes

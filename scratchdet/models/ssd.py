@@ -1,7 +1,7 @@
 """The SSD detector: backbone sources + extra layers + per-source loc/conf heads, with loss and detect.
 
 Inference settings live in ``model.config`` (saved with the weights): the input spec
-(``image_size``, ``mean``, ``std``, ``resize``) that :mod:`scratchdet.data.preprocess` uses, and
+(``image_size``, ``mean``, ``std``, ``resize``) that :mod:`scratchdet.models.transform` uses, and
 the detection settings (``score_threshold``, ``nms_threshold``, ``top_k``, ``keep_top_k``) that
 :func:`scratchdet.ops.detect` uses.
 """
@@ -15,28 +15,48 @@ import torch.nn as nn
 
 from .. import ops
 from ..constants import MEAN, STD
-from ..data.collate import as_padded_targets, check_target_labels
-from ..data.preprocess import postprocess, preprocess
+from ..structures.errors import ConfigError
+from ..structures.image import as_hw
+from ..structures.targets import as_padded_targets, check_target_labels
 from .families import features_list
 from .layers import ConvNormAct
 from .loss import MultiBoxLoss
-from .priors import as_hw
+from .transform import postprocess, preprocess
 
 __all__ = ["SSD", "SSDRawOutputs", "INPUT_DEFAULTS", "DETECT_DEFAULTS", "check_detect_settings",
-           "predict_images"]
+           "finite_number", "whole_number", "predict_images"]
 
 INPUT_DEFAULTS = dict(mean=MEAN, std=STD, resize="bilinear")
 DETECT_DEFAULTS = dict(score_threshold=0.01, nms_threshold=0.45, top_k=400, keep_top_k=200)
 
 
+def finite_number(name: str, value) -> float:
+    """``value`` as a float; :class:`ConfigError` naming ``name`` if it is not a number, NaN or infinite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def whole_number(name: str, value, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; :class:`ConfigError` naming ``name`` otherwise (NaN, inf, 2.5)."""
+    number = finite_number(name, value)
+    if not number.is_integer() or number < minimum:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(number)
+
+
 def check_detect_settings(score_threshold, nms_threshold, top_k, keep_top_k) -> None:
-    """Raise ``ValueError`` for detection settings ``scratchdet.ops.detect`` would refuse."""
-    if not math.isfinite(float(score_threshold)):
-        raise ValueError(f"score_threshold must be a finite number, got {score_threshold}")
-    if not 0.0 <= float(nms_threshold) <= 1.0:
-        raise ValueError(f"nms_threshold must be in [0, 1], got {nms_threshold}")
-    if int(top_k) < 1 or int(keep_top_k) < 1:
-        raise ValueError(f"top_k and keep_top_k must be >= 1, got {top_k} and {keep_top_k}")
+    """Raise :class:`ConfigError` (a ``ValueError``) naming the setting for detection settings
+    ``scratchdet.ops.detect`` would refuse or misread: NaN, inf, a fraction where a count goes."""
+    finite_number("score_threshold", score_threshold)
+    if not 0.0 <= finite_number("nms_threshold", nms_threshold) <= 1.0:
+        raise ConfigError(f"nms_threshold must be in [0, 1], got {nms_threshold!r}")
+    whole_number("top_k", top_k, 1)
+    whole_number("keep_top_k", keep_top_k, 1)
 
 
 class SSD(nn.Module):
@@ -90,7 +110,7 @@ class SSD(nn.Module):
 
     @property
     def input_spec(self) -> dict:
-        """What :func:`scratchdet.data.preprocess.preprocess` needs: image_size, mean, std, resize."""
+        """What :func:`scratchdet.models.transform.preprocess` needs: image_size, mean, std, resize."""
         return {"image_size": self.image_size, **{k: self.config[k] for k in INPUT_DEFAULTS}}
 
     @property
@@ -160,8 +180,19 @@ class SSD(nn.Module):
     def detect(self, loc: torch.Tensor, logits: torch.Tensor, **overrides):
         """:func:`scratchdet.ops.detect` with this model's priors and detection settings
         (``overrides`` that are not None replace them for this call)."""
-        settings = {**self.detect_settings, **{k: v for k, v in overrides.items() if v is not None}}
-        return ops.detect(loc, logits, self.priors, self.variances, **settings)
+        return ops.detect(loc, logits, self.priors, self.variances, **self.resolve_detect_settings(**overrides))
+
+    def resolve_detect_settings(self, **overrides) -> dict:
+        """:attr:`detect_settings` with the ``overrides`` that are not None, checked
+        (:func:`check_detect_settings`: NaN, inf or out of range raise :class:`ConfigError`)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(given) - set(DETECT_DEFAULTS))
+        if unknown:
+            raise TypeError(f"detect: unknown setting(s) {unknown}; valid: {sorted(DETECT_DEFAULTS)}")
+        settings = {**self.detect_settings, **given}
+        if given:                                     # the model's own settings were checked when it was built
+            check_detect_settings(**settings)
+        return settings
 
     def prepare_targets(self, targets, device) -> tuple[torch.Tensor, torch.Tensor]:
         """A padded batch dict ``{"boxes" [B,G,4], "labels" [B,G]}`` or a list of per-image
@@ -175,13 +206,13 @@ class SSD(nn.Module):
     # ------------------------------------------------------------------ inference API
     def preprocess(self, images) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Images of any size -> ``(batch, sizes)`` with this model's input spec
-        (:func:`scratchdet.data.preprocess.preprocess`), on the model's device and dtype."""
+        (:func:`scratchdet.models.transform.preprocess`), on the model's device and dtype."""
         batch, sizes = preprocess(images, **self.input_spec)
         return batch.to(device=self.priors.device, dtype=next(self.parameters()).dtype), sizes
 
-    @staticmethod
-    def postprocess(detections, sizes) -> list[dict]:
-        """:func:`scratchdet.data.preprocess.postprocess`: detections in each image's pixels."""
+    def postprocess(self, detections, sizes) -> list[dict]:
+        """The ``forward`` (``detect``) output of a batch and each image's ``(width, height)`` ->
+        detections in each image's own pixels (:func:`scratchdet.models.transform.postprocess`)."""
         return postprocess(detections, sizes)
 
     @torch.inference_mode()
@@ -193,7 +224,12 @@ class SSD(nn.Module):
         given here overrides it for this call. Returns one dict per image: ``boxes [K, 4]``
         (x1, y1, x2, y2 in the image's own pixels), ``scores [K]``, ``labels [K]`` (1..C-1),
         best first. :class:`scratchdet.FastPredictor` has the same ``predict``, fused.
+
+        A threshold or count that is NaN, infinite or out of range raises :class:`ConfigError`
+        naming it, before any image is processed.
         """
+        self.resolve_detect_settings(score_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k,
+                                     keep_top_k=keep_top_k)
         was_training = self.training
         self.eval()
         try:
@@ -211,11 +247,10 @@ def predict_images(detect_batch: Callable, preprocess_fn: Callable, images, batc
     ``batch_size`` images -> ``preprocess_fn`` -> ``detect_batch`` -> :func:`postprocess`."""
     if not isinstance(images, (list, tuple)):
         images = [images]
-    if int(batch_size) < 1:
-        raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
+    batch_size = whole_number("batch_size", batch_size, 1)
     results = []
-    for start in range(0, len(images), int(batch_size)):
-        batch, sizes = preprocess_fn(images[start:start + int(batch_size)])
+    for start in range(0, len(images), batch_size):
+        batch, sizes = preprocess_fn(images[start:start + batch_size])
         results += postprocess(detect_batch(batch), sizes)
     return results
 
