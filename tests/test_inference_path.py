@@ -234,7 +234,7 @@ def test_trainer_scores_a_coco_val_set_with_continuous_boxes(synth_root, tmp_pat
     trainer = Trainer(cfg, progress=False)
     assert isinstance(trainer.val_set, COCODataset) and not pixel_inclusive(trainer.val_set)
     assert pixel_inclusive(VOCDataset(synth_root, split="val"))
-    trainer.model.config["score_threshold"] = 0.0       # score something, even untrained
+    trainer.model.set_detect_settings(score_threshold=0.0)   # score something, even untrained
     trainer.model.init_head(0.0)
     result = trainer.evaluate()
     dets, anns = result["detections"], result["annotations"]

@@ -128,7 +128,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
-            "model_config": getattr(self.model, "config", {}),
+            "model_config": dict(getattr(self.model, "config", {})),   # plain data: loaded with weights_only
             "classes": list(self.classes),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),

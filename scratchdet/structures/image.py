@@ -31,8 +31,8 @@ from PIL import Image, ImageOps
 from ..constants import MEAN, STD
 from .errors import BadImageError, ConfigError, DataError
 
-__all__ = ["RESIZE_FILTERS", "as_hw", "check_input_spec", "read_image", "read_image_size", "to_rgb8", "to_pil_rgb", "normalise",
-           "resize_and_normalise"]
+__all__ = ["RESIZE_FILTERS", "as_hw", "check_input_spec", "read_image", "read_image_size", "to_rgb8", "to_pil_rgb",
+           "normalise", "resize_and_normalise"]
 
 # resize name (model.config resize) -> PIL filter. PIL's filters widen their support when
 # downsampling, so "bilinear" is antialiased.
