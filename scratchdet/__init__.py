@@ -22,6 +22,7 @@ _LAZY = {
     "build_model": ("scratchdet.models", "build_model"),
     "build_detector": ("scratchdet.models", "build_detector"),
     "list_models": ("scratchdet.models", "list_models"),
+    "SSDConfig": ("scratchdet.models.config", "SSDConfig"),
     "save": ("scratchdet.models.io", "save"),
     "load": ("scratchdet.models.io", "load"),
     "fuse": ("scratchdet.models.fuse", "fuse"),

@@ -13,9 +13,11 @@ from PIL import Image
 
 import scratchdet
 from scratchdet.data import COCODataset, SSDTransform, VOCDataset, synth
-from scratchdet.data.preprocess import postprocess, preprocess, resize_and_normalise, to_pil_rgb
+from scratchdet.models.transform import postprocess, preprocess
+from scratchdet.structures.errors import ConfigError
+from scratchdet.structures.image import read_image, resize_and_normalise, to_pil_rgb
 from scratchdet.engine.config import make_config
-from scratchdet.engine.evaluate import evaluate_model, pixel_inclusive, predict_dataset
+from scratchdet.evaluation.evaluate import evaluate_model, pixel_inclusive, predict_dataset
 from scratchdet.engine.trainer import Trainer
 from scratchdet.evaluation import voc_eval
 from scratchdet.models import build_model
@@ -40,7 +42,7 @@ def uniform_model(**overrides):
 
 def val_images(root):
     ds = VOCDataset(root, split="val")
-    return [Image.open(r.image_path).convert("RGB") for r in ds.records], ds
+    return [read_image(r.image_path) for r in ds.records], ds
 
 
 # ------------------------------------------------------------------ 1. one preprocessing path
@@ -144,6 +146,39 @@ def test_input_and_detection_settings_are_saved_and_used(tmp_path):
             build_model("root_resnet_tiny", **bad)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("option, value", [("score_threshold", NAN), ("score_threshold", INF),
+                                           ("nms_threshold", NAN), ("nms_threshold", -INF), ("top_k", NAN),
+                                           ("top_k", INF), ("top_k", 2.5), ("keep_top_k", NAN), ("keep_top_k", INF)])
+def test_nan_and_inf_detection_settings_are_refused_naming_the_option(option, value):
+    model = uniform_model()
+    image = torch.zeros(3, 20, 20, dtype=torch.uint8)
+    with pytest.raises(ConfigError, match=rf"^{option} must be"):
+        model.predict([image], **{option: value})
+    with pytest.raises(ConfigError, match=rf"^{option} must be"):
+        FastPredictor(model).predict([image], **{option: value})
+    loc, logits = model.forward_raw(model.preprocess([image])[0])
+    with pytest.raises(ConfigError, match=rf"^{option} must be"):
+        model.detect(loc, logits, **{option: value})
+    with pytest.raises(ConfigError, match=rf"^{option} must be"):
+        build_model("root_resnet_tiny", **TINY, **{option: value})
+    with pytest.raises(ConfigError, match="batch_size must be a"):
+        model.predict([image], batch_size=value)
+
+
+def test_nan_or_inf_image_tensors_are_refused_saying_so():
+    model = uniform_model()
+    for bad in (NAN, INF, -INF):
+        image = torch.full((3, 20, 20), 0.5)
+        image[1, 3, 4] = bad
+        with pytest.raises(ValueError, match=r"contains NaN or inf \(1 values\)"):
+            model.predict([image])
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):              # finite but normalised
+        model.predict([torch.full((3, 20, 20), 1.5)])
+
+
 def test_a_checkpoint_from_before_the_settings_loads_with_the_defaults(tmp_path):
     model = build_model("root_resnet_tiny", **TINY)
     path = tmp_path / "old.pt"
@@ -199,7 +234,7 @@ def test_trainer_scores_a_coco_val_set_with_continuous_boxes(synth_root, tmp_pat
     trainer = Trainer(cfg, progress=False)
     assert isinstance(trainer.val_set, COCODataset) and not pixel_inclusive(trainer.val_set)
     assert pixel_inclusive(VOCDataset(synth_root, split="val"))
-    trainer.model.config["score_threshold"] = 0.0       # score something, even untrained
+    trainer.model.set_detect_settings(score_threshold=0.0)   # score something, even untrained
     trainer.model.init_head(0.0)
     result = trainer.evaluate()
     dets, anns = result["detections"], result["annotations"]

@@ -13,13 +13,13 @@ import os
 import time
 
 import torch
-from PIL import Image
 
 from ..engine.config import make_config
 from ..engine.data_setup import ensure_synthetic
 from ..engine.distributed import init_distributed
 from ..engine.trainer import Trainer
 from ..engine.visualize import draw_detections, plot_run, save_grid
+from ..structures.image import read_image
 from ._common import CLIError, pick_device, writable_dir
 
 
@@ -91,7 +91,7 @@ def run(args):
     val_raw = trainer.val_set
     pictures = []
     for i in range(min(8, len(val_raw))):
-        image = Image.open(val_raw.records[i].image_path).convert("RGB")
+        image = read_image(val_raw.records[i].image_path)
         pred = model.predict([image])[0]
         pictures.append(draw_detections(image, pred["boxes"], pred["labels"], pred["scores"], trainer.classes, 0.4))
     det_png = save_grid(pictures, os.path.join(out, "detections.png"))

@@ -5,11 +5,11 @@ import glob
 import json
 import os
 
-from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import to_pil_image
 
 from ..engine.visualize import draw_detections
 from ..models.fast_inference import FastPredictor
+from ..structures.image import read_image
 from ._common import CLIError, load_model, pick_device, threshold, writable_dir
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -53,10 +53,7 @@ def run(args):
         predictor = FastPredictor(model)  # BN folded, conv+residual+ReLU fused, channels_last
     results = {}
     for path in files:
-        try:
-            image = Image.open(path).convert("RGB")
-        except (OSError, UnidentifiedImageError) as exc:
-            raise CLIError(f"cannot read image {path}: {exc}") from None
+        image = read_image(path)   # BadImageError (a UserError) names the file
         pred = predictor.predict([image])[0]
         drawn = draw_detections(image, pred["boxes"], pred["labels"], pred["scores"], names, args.score_threshold)
         target = os.path.join(out, os.path.splitext(os.path.basename(path))[0] + "_det.png")

@@ -5,7 +5,7 @@ import json
 import os
 
 from ..data import BadImageError, COCODataset, SSDTransform, VOCDataset, YOLODataset
-from ..engine.evaluate import evaluate_model
+from ..evaluation.evaluate import evaluate_model
 from ..evaluation import format_ap_table, plot_pr_curves
 from ._common import CLIError, existing_dir, existing_file, last_line, load_model, pick_device, threshold, writable_dir
 

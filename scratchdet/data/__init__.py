@@ -2,11 +2,12 @@
 
 Every reader yields ``(image, target)`` with pixel boxes; with an
 :class:`SSDTransform` it yields a normalised image tensor and [0, 1] boxes, and
-:func:`collate_detection` pads a batch for ``match_priors``.
+:func:`collate_detection` (from :mod:`scratchdet.structures.targets`) pads a batch for ``match_priors``.
 """
+from ..structures.errors import BadImageError
+from ..structures.targets import collate_detection
 from .coco import COCODataset
-from .collate import collate_detection
-from .dataset import BadImageError, DetectionDataset
+from .dataset import DetectionDataset
 from .transforms import SSDTransform
 from .voc import VOC_CLASSES, VOCDataset
 from .yolo import YOLODataset

@@ -9,7 +9,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..structures.errors import BadImageError
+from ..structures.image import read_image
 from ._boxes import clip_and_filter
+
+__all__ = ["Record", "DetectionDataset", "BadImageError"]
 
 
 @dataclass
@@ -22,10 +26,6 @@ class Record:
     difficult: np.ndarray   # bool [M]
     width: int | None = None   # the annotated size, when the annotation gives one
     height: int | None = None
-
-
-class BadImageError(OSError):
-    """An image file is missing or cannot be decoded; the message names the file."""
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -45,7 +45,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     # Box convention for VOC mAP: True where boxes are inclusive pixel indices (VOC), so the
     # devkit's +1 widths apply; False for continuous coordinates (COCO). Read by
-    # scratchdet.engine.evaluate.pixel_inclusive, the one place evaluation picks it.
+    # scratchdet.evaluation.evaluate.pixel_inclusive, the one place evaluation picks it.
     pixel_inclusive = False
 
     def __init__(self, records, classes, transform=None, skip_bad_images=False):
@@ -144,13 +144,8 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _load_image(path) -> Image.Image:
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except FileNotFoundError:
-            raise BadImageError(f"image file not found: {path}") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise BadImageError(f"cannot decode image {path}: {exc}") from exc
+        """The upright 8-bit RGB image (:func:`scratchdet.structures.image.read_image`)."""
+        return read_image(path)
 
     @staticmethod
     def _target(rec: Record, width: int, height: int) -> dict:

@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 from ..constants import MEAN, STD
-from .preprocess import RESIZE_FILTERS, as_hw, check_input_spec, normalise, resize_and_normalise, to_pil_rgb
+from ..structures.errors import ConfigError
+from ..structures.image import RESIZE_FILTERS, as_hw, check_input_spec, normalise, resize_and_normalise, to_pil_rgb
 
 # RGB <-> YIQ: luma plus two chroma axes; scaling the chroma is saturation, rotating it is hue.
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
@@ -82,8 +83,9 @@ class SSDTransform:
     ``image_id``. Returns (image tensor [3, H, W] normalised with ``mean`` and
     ``std``, target) where the target's boxes are normalised (x1, y1, x2, y2) in
     [0, 1], every one with x2 > x1 and y2 > y1, and ``orig_size`` is the input
-    (height, width). The evaluation pixels are exactly
-    :func:`scratchdet.data.preprocess.preprocess`'s; :meth:`from_config` takes the
+    (height, width). The evaluation pixels are exactly those of the model's
+    ``preprocess`` (both call :func:`scratchdet.structures.image.resize_and_normalise`);
+    :meth:`from_config` takes the
     size, mean, std and resize filter from a model's config.
 
     Args:
@@ -98,7 +100,7 @@ class SSDTransform:
         flip_prob: horizontal flip probability.
         photometric: apply the photometric distortion.
         mean, std: per-channel normalisation of [0, 1] RGB.
-        resize: the resampling filter (``scratchdet.data.preprocess.RESIZE_FILTERS``).
+        resize: the resampling filter (``scratchdet.structures.image.RESIZE_FILTERS``).
     """
 
     def __init__(self, size, train=True, seed=None, drop_difficult=False, expand_prob=0.5, max_expand=4.0,
@@ -107,9 +109,9 @@ class SSDTransform:
         try:
             check_input_spec(size, mean, std, resize)
         except ValueError as exc:
-            raise ValueError(f"SSDTransform: {exc}") from None
-        if max_expand < 1.0:
-            raise ValueError(f"SSDTransform: max_expand must be >= 1, got {max_expand}")
+            raise ConfigError(f"SSDTransform: {exc}") from None
+        if not (np.isfinite(max_expand) and max_expand >= 1.0):
+            raise ConfigError(f"SSDTransform: max_expand must be >= 1, got {max_expand}")
         self.size = tuple(int(v) for v in size) if isinstance(size, (list, tuple)) else int(size)
         self.size_hw = as_hw(self.size)
         self.train = train

@@ -15,16 +15,15 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from PIL import Image
-
 from ..evaluation import coco_eval, detections_to_coco, small_object_map
+from ..evaluation.evaluate import evaluate_model, pixel_inclusive
 from ..models.registry import list_models
 from ..structures.files import make_writable_dir
+from ..structures.image import read_image_size
 from .checkpoint import latest_checkpoint
 from .config import make_config
 from .data_setup import ensure_synthetic
 from .distributed import init_distributed
-from .evaluate import evaluate_model, pixel_inclusive
 from .report import ablation_table, plot_ablation_figures
 from .trainer import NonFiniteTrainingError, Trainer
 
@@ -194,7 +193,7 @@ class Ablation:
             return out
         sizes = [(rec.width, rec.height) for rec in val_set.records]
         if any(w is None for w, _ in sizes):
-            sizes = [Image.open(rec.image_path).size for rec in val_set.records]
+            sizes = [read_image_size(rec.image_path) for rec in val_set.records]
         small = small_object_map(r["detections"], r["annotations"], sizes, model.input_size,
                                  pixel_inclusive=pixel_inclusive(val_set))
         out["map_small"] = None if small is None else small["map"]

@@ -26,12 +26,12 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from ..evaluation.evaluate import evaluate_model
 from ..models.io import save as save_model
 from ..structures.errors import CheckpointError
 from ..structures.files import atomic_save
 from .checkpoint import checkpoint_path, prune_checkpoints
 from .distributed import barrier
-from .evaluate import evaluate_model
 from .schedule import lr_factor
 from .training_log import GradFluctuation
 

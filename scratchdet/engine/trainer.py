@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 from ..data import collate_detection
 from ..models import build_model
 from ..models.layers import is_norm, use_fused_batch_norm
-from ..models.ssd import DETECT_DEFAULTS
+from ..models.config import DETECT_DEFAULTS, SSDConfig
+from ..structures.errors import CheckpointError, ConfigError
 from .checkpoint import load_checkpoint, load_newest_checkpoint
 from .config import TrainConfig
 from .data_setup import build_datasets
@@ -81,7 +82,7 @@ class Trainer:
         self._persistent_loader = None
         self.training_log = JSONLWriter(os.path.join(cfg.out_dir, "metrics.jsonl"))
         self.hooks: list[HookBase] = []
-        meta = {"model_config": getattr(self.model, "config", {}), "classes": list(self.classes)}
+        meta = {"model_config": self.model.config.to_dict(), "classes": list(self.classes)}   # plain data: weights_only
         self.state = TrainState(self.model, self.optimizer, self.scaler, self.hooks,
                                 describe=lambda config=cfg: {**meta, "train_config": config.to_dict()})
         self.step_record: dict = {}     # the running step's record, for the hooks' after_step
@@ -245,10 +246,15 @@ class Trainer:
         if ckpt.get("classes") is not None and list(ckpt["classes"]) != list(self.classes):
             raise ValueError(f"--resume: {path} was trained on classes {ckpt['classes']}, but the data set "
                              f"has {list(self.classes)}")
-        saved = ckpt.get("model_config") or {}   # detection settings do not touch the weights
-        changed = sorted(k for k in saved if k not in DETECT_DEFAULTS and saved[k] != self.model.config.get(k))
+        current = self.model.config
+        try:   # through the record, so a list saved by an older version equals today's tuple
+            saved = SSDConfig.from_dict(ckpt["model_config"]) if ckpt.get("model_config") else current
+        except ConfigError as exc:
+            raise CheckpointError(f"--resume: {path}: {exc}") from None
+        changed = [k for k in current.field_names()      # detection settings do not touch the weights
+                   if k not in DETECT_DEFAULTS and saved[k] != current[k]]
         if changed:
-            diff = ", ".join(f"{k}: {saved.get(k)!r} -> {self.model.config.get(k)!r}" for k in changed)
+            diff = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed)
             raise ValueError(f"--resume: {path} holds another model ({diff}); resume with the same "
                              "--set model=... / model_overrides=... it was trained with")
         before, now = ckpt.get("train_config") or {}, self.cfg.to_dict()

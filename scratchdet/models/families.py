@@ -11,6 +11,7 @@ continue their pyramid down to 1x1.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn as nn
 from .backbones import RESNET_BLOCKS, ResNetBackbone, VGG16Backbone
 from .extras import extra_out_size, residual_extras, vgg_extras
 from .layers import BasicBlock, ConvNormAct, check_norm, convert_norms
-from .priors import as_hw
+from ..structures.image import as_hw
 
 __all__ = ["SSDParts", "FAMILIES", "resolve_norms", "generic_parts", "probe_features"]
 
@@ -34,7 +35,7 @@ class SSDParts:
     feature_sizes: list[tuple[int, int]]
 
 
-def resolve_norms(cfg: dict) -> tuple[str, str, str]:
+def resolve_norms(cfg: Mapping) -> tuple[str, str, str]:
     """(backbone, extras, head) normalisation: ``backbone_norm`` / ``extra_norm`` / ``head_norm``
     first, then ``norm``, then the paper presets' ``bn_backbone`` / ``bn_head`` switches (the
     extras follow the backbone)."""
@@ -55,7 +56,7 @@ def _with_extras(backbone, extras: nn.ModuleList, extra_channels, paddings, resi
     return SSDParts(backbone, extras, list(backbone.out_channels) + list(extra_channels), sizes)
 
 
-def resnet_family(cfg: dict) -> SSDParts:
+def resnet_family(cfg: Mapping) -> SSDParts:
     """ResNet / Root-ResNet backbone with residual extras (128 channels, stride 2)."""
     blocks = cfg["blocks"] or RESNET_BLOCKS.get(cfg["depth"])
     if blocks is None:
@@ -71,7 +72,7 @@ def resnet_family(cfg: dict) -> SSDParts:
                         cfg["extra_paddings"], True, as_hw(cfg["image_size"])[0])
 
 
-def vgg16_family(cfg: dict) -> SSDParts:
+def vgg16_family(cfg: Mapping) -> SSDParts:
     """SSD's VGG16 (conv4_3 through L2Norm, fc7) with SSD's plain extras."""
     backbone_norm, extra_norm, _ = resolve_norms(cfg)
     if as_hw(cfg["image_size"])[0] != as_hw(cfg["image_size"])[1]:
@@ -148,7 +149,7 @@ def generic_extras(in_channels: int, channels, paddings, kind: str, norm: str) -
     return nn.ModuleList(layers), list(channels)
 
 
-def generic_parts(backbone: nn.Module, cfg: dict) -> SSDParts:
+def generic_parts(backbone: nn.Module, cfg: Mapping) -> SSDParts:
     """Any backbone: its norms converted in place, probed once, extras down to 1x1 (or ``num_extras``)."""
     backbone_norm, extra_norm, _ = resolve_norms(cfg)
     convert_norms(backbone, backbone_norm)
@@ -163,7 +164,7 @@ def generic_parts(backbone: nn.Module, cfg: dict) -> SSDParts:
     return SSDParts(backbone, extras, channels + extra_channels, sizes)
 
 
-def timm_family(cfg: dict) -> SSDParts:
+def timm_family(cfg: Mapping) -> SSDParts:
     """A timm model with ``features_only=True, pretrained=False``; its levels with a stride of at
     least ``min_source_stride`` are the sources."""
     try:
@@ -185,11 +186,11 @@ def timm_family(cfg: dict) -> SSDParts:
     return generic_parts(backbone, cfg)
 
 
-def custom_family(cfg: dict) -> SSDParts:
+def custom_family(cfg: Mapping) -> SSDParts:
     raise ValueError(f"this model was built around a user backbone ({cfg.get('backbone') or 'an nn.Module'}): "
                      "rebuild it with scratchdet.build_detector(backbone, ...), or load it with "
                      "scratchdet.load(path, backbone=<the module>)")
 
 
-# arch (model.config["arch"]) -> family builder
+# arch (model.config.arch) -> family builder
 FAMILIES = {"resnet": resnet_family, "vgg16": vgg16_family, "timm": timm_family, "custom": custom_family}

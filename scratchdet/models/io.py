@@ -1,9 +1,14 @@
 """Save and load a model with its config: ``scratchdet.save(model, path)`` / ``scratchdet.load(path)``.
 
-The file is a ``torch.save`` dict of plain data (format tag, config dict,
-state dict). Loading uses ``torch.load(weights_only=True)``, so it never runs
-code from the file; anything that is not a well-formed checkpoint raises a
-``ValueError`` that names the file.
+The file is a ``torch.save`` dict of plain data: a format tag and version, the config as a plain
+dict of :class:`~scratchdet.models.config.SSDConfig` fields, the state dict and the class names.
+Loading uses ``torch.load(weights_only=True)``, so it never runs code from the file; anything that
+is not a well-formed checkpoint raises :class:`~scratchdet.structures.errors.CheckpointError`
+(a ``ValueError``) that names the file.
+
+Versions: 1 wrote the config as the builder's argument dict (the same field names, some missing
+in files from before the input and detection settings); 2 writes ``SSDConfig.to_dict()``. Both
+load: a field a file lacks takes its default.
 """
 from __future__ import annotations
 
@@ -11,21 +16,26 @@ import os
 
 import torch
 
-from ..structures import CheckpointError, atomic_save
+from ..structures.errors import CheckpointError, UserError
+from ..structures.files import atomic_save
+from .config import SSDConfig
+from .ssd import SSD
 
-__all__ = ["save", "load", "FORMAT", "VERSION"]
+__all__ = ["save", "load", "FORMAT", "VERSION", "READABLE_VERSIONS"]
 
 FORMAT = "scratchdet.model"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def save(model, path) -> None:
     """Write ``model.config`` and its weights to ``path`` atomically; a full disk raises CheckpointError."""
     config = getattr(model, "config", None)
-    if not isinstance(config, dict):
-        raise TypeError("scratchdet.save: expected a model built by scratchdet.build_model (with a .config dict)")
+    if not isinstance(config, SSDConfig):
+        raise TypeError("scratchdet.save: expected a model built by scratchdet.build_model (with an SSDConfig "
+                        ".config)")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "version": VERSION, "config": dict(config), "state_dict": state}
+    payload = {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "state_dict": state}
     class_names = getattr(model, "class_names", None)   # set by the trainer; label i = class_names[i-1]
     if class_names is not None:
         payload["class_names"] = [str(c) for c in class_names]
@@ -36,14 +46,12 @@ def _invalid(path, why: str) -> CheckpointError:
     return CheckpointError(f"scratchdet.load: {path!s} is not a valid scratchdet checkpoint: {why}")
 
 
-def load(path, map_location="cpu", backbone=None):
+def load(path, map_location="cpu", backbone=None) -> SSD:
     """Rebuild the model saved at ``path`` and load its weights; returned in eval mode.
 
     A model built with :func:`scratchdet.build_detector` around a user module needs a new
     instance of that module as ``backbone`` (its weights come from the file).
     """
-    from .registry import build_detector, build_model
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"scratchdet.load: no such file: {path}")
@@ -56,22 +64,20 @@ def load(path, map_location="cpu", backbone=None):
                              f"({type(exc).__name__}: {first_line})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise _invalid(path, "missing the scratchdet format tag (a plain state dict or another program's file?)")
-    if payload.get("version") != VERSION:
-        raise _invalid(path, f"format version {payload.get('version')!r}, this scratchdet reads {VERSION}")
-    config, state = payload.get("config"), payload.get("state_dict")
-    if not isinstance(config, dict) or not isinstance(state, dict) or "name" not in config:
+    if payload.get("version") not in READABLE_VERSIONS:
+        raise _invalid(path, f"format version {payload.get('version')!r}, this scratchdet reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}")
+    values, state = payload.get("config"), payload.get("state_dict")
+    if not isinstance(values, dict) or not isinstance(state, dict) or "name" not in values:
         raise _invalid(path, "the config or the state dict is missing or malformed")
-    if config.get("arch") == "custom" and backbone is None:
-        raise ValueError(f"scratchdet.load: {path} holds a detector around a user backbone "
-                         f"({config.get('backbone') or 'an nn.Module'}); pass a new instance of it: "
-                         "scratchdet.load(path, backbone=...)")
+    if values.get("arch") == "custom" and backbone is None:
+        raise CheckpointError(f"scratchdet.load: {path} holds a detector around a user backbone "
+                              f"({values.get('backbone') or 'an nn.Module'}); pass a new instance of it: "
+                              "scratchdet.load(path, backbone=...)")
     try:
-        if config.get("arch") == "custom":
-            options = {k: v for k, v in config.items() if k not in ("name", "num_classes", "backbone")}
-            model = build_detector(backbone, config["num_classes"], **options)
-        else:
-            model = build_model(**config)
-    except (TypeError, ValueError) as exc:
+        config = SSDConfig.from_dict(values)
+        model = SSD.from_config(config, backbone=backbone if config.arch == "custom" else None)
+    except (TypeError, ValueError, UserError) as exc:
         raise _invalid(path, f"its config does not build a model ({exc})") from None
     try:
         model.load_state_dict(state, strict=True)

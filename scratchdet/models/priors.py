@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from ..data.preprocess import as_hw
+from ..structures.image import as_hw
 
 __all__ = ["PRIOR_SIZES", "SSD300_FEATURE_SIZES", "SSD300_STEPS", "SSD300_ASPECT_RATIOS", "as_hw",
            "num_priors_per_location", "default_aspect_ratios", "prior_sizes", "ssd_prior_sizes", "default_steps",

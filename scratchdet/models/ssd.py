@@ -1,12 +1,13 @@
 """The SSD detector: backbone sources + extra layers + per-source loc/conf heads, with loss and detect.
 
 Inference settings live in ``model.config`` (saved with the weights): the input spec
-(``image_size``, ``mean``, ``std``, ``resize``) that :mod:`scratchdet.data.preprocess` uses, and
+(``image_size``, ``mean``, ``std``, ``resize``) that :mod:`scratchdet.models.transform` uses, and
 the detection settings (``score_threshold``, ``nms_threshold``, ``top_k``, ``keep_top_k``) that
 :func:`scratchdet.ops.detect` uses.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Sequence
 
@@ -14,65 +15,54 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from ..constants import MEAN, STD
-from ..data.collate import as_padded_targets, check_target_labels
-from ..data.preprocess import postprocess, preprocess
-from .families import features_list
-from .layers import ConvNormAct
+from ..structures.errors import ConfigError
+from ..structures.image import as_hw
+from ..structures.targets import as_padded_targets, check_target_labels
+from .config import (DETECT_DEFAULTS, DETECT_FIELDS, INPUT_DEFAULTS, SSDConfig, check_detect_settings,
+                     finite_number, whole_number)
+from .families import FAMILIES, features_list, generic_parts, resolve_norms
+from .layers import ConvNormAct, init_weights
 from .loss import MultiBoxLoss
-from .priors import as_hw
+from .priors import default_aspect_ratios, generate_priors, num_priors_per_location, prior_sizes, ssd_prior_sizes
+from .transform import postprocess, preprocess
 
 __all__ = ["SSD", "SSDRawOutputs", "INPUT_DEFAULTS", "DETECT_DEFAULTS", "check_detect_settings",
-           "predict_images"]
-
-INPUT_DEFAULTS = dict(mean=MEAN, std=STD, resize="bilinear")
-DETECT_DEFAULTS = dict(score_threshold=0.01, nms_threshold=0.45, top_k=400, keep_top_k=200)
-
-
-def check_detect_settings(score_threshold, nms_threshold, top_k, keep_top_k) -> None:
-    """Raise ``ValueError`` for detection settings ``scratchdet.ops.detect`` would refuse."""
-    if not math.isfinite(float(score_threshold)):
-        raise ValueError(f"score_threshold must be a finite number, got {score_threshold}")
-    if not 0.0 <= float(nms_threshold) <= 1.0:
-        raise ValueError(f"nms_threshold must be in [0, 1], got {nms_threshold}")
-    if int(top_k) < 1 or int(keep_top_k) < 1:
-        raise ValueError(f"top_k and keep_top_k must be >= 1, got {top_k} and {keep_top_k}")
+           "finite_number", "whole_number", "predict_images"]
 
 
 class SSD(nn.Module):
-    """Single-shot detector. Build it through :func:`scratchdet.models.build_model`.
+    """Single-shot detector. Build it with :func:`scratchdet.models.build_model` (a preset) or
+    :meth:`SSD.from_config` (an :class:`~scratchdet.models.config.SSDConfig`).
 
-    Attributes: ``priors [P, 4]`` (cx, cy, w, h; a buffer), ``num_classes``
-    (background included), ``config`` (a plain dict: ``build_model(**config)``
-    rebuilds this model; it also holds the input and detection settings),
-    ``image_size`` (one side or (height, width), as configured), ``input_size``
-    (height, width), ``feature_sizes`` ((height, width) of every source, finest first).
+    Attributes: ``config`` (the frozen :class:`SSDConfig` it was built from: ``SSD.from_config(config)``
+    rebuilds this model; it also holds the input and detection settings), and, read from it,
+    ``num_classes`` (background included), ``image_size`` (one side or (height, width), as
+    configured), ``variances``; ``input_size`` (height, width), ``priors [P, 4]`` (cx, cy, w, h; a
+    buffer), ``feature_sizes`` ((height, width) of every source, finest first).
     """
 
     def __init__(self, *, backbone: nn.Module, extras: nn.ModuleList, source_channels: Sequence[int],
-                 feature_sizes: Sequence, priors: torch.Tensor, anchors_per_location: Sequence[int],
-                 num_classes: int, image_size, head_norm: str, config: dict, variances=(0.1, 0.2),
-                 iou_threshold: float = 0.5, neg_pos_ratio: float = 3.0):
+                 feature_sizes: Sequence[tuple[int, int]], priors: torch.Tensor, anchors_per_location: Sequence[int],
+                 config: SSDConfig):
+        """The modules and their layout are explicit; every setting (classes, input size, norms,
+        loss, input and detection settings) comes from the typed ``config``."""
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
+        if not isinstance(config, SSDConfig):
+            raise TypeError(f"SSD: config must be an SSDConfig, got {type(config).__name__}")
         sizes = [as_hw(s) for s in feature_sizes]
         if min(min(s) for s in sizes) < 1:
-            raise ValueError(f"input size {image_size} is too small for this layout: source sizes {sizes}")
+            raise ConfigError(f"input size {config.image_size} is too small for this layout: source sizes {sizes}")
         if not (len(anchors_per_location) == len(source_channels) == len(sizes)):
             raise ValueError(f"{len(source_channels)} sources with {len(sizes)} sizes and "
                              f"{len(anchors_per_location)} prior layouts")
         expected = sum(a * h * w for a, (h, w) in zip(anchors_per_location, sizes))
         if priors.shape[0] != expected:
             raise ValueError(f"{priors.shape[0]} priors for sources {sizes} that need {expected}")
+        self._config = config
+        head_norm = resolve_norms(config)[2]
+        num_classes = config.num_classes
         self.backbone = backbone
         self.extras = extras
-        self.num_classes = int(num_classes)
-        self.image_size = tuple(image_size) if isinstance(image_size, (list, tuple)) else int(image_size)
-        self.config = dict(config)
-        for key, value in {**INPUT_DEFAULTS, **DETECT_DEFAULTS}.items():   # a config from before these settings
-            self.config.setdefault(key, value)
-        self.variances = tuple(float(v) for v in variances)
         self.feature_sizes = sizes
         self.register_buffer("priors", priors, persistent=False)
         self.anchors_per_location = list(anchors_per_location)
@@ -80,8 +70,67 @@ class SSD(nn.Module):
                                        for c, a in zip(source_channels, anchors_per_location))
         self.conf_heads = nn.ModuleList(ConvNormAct(c, a * num_classes, 3, 1, norm=head_norm, act=False)
                                         for c, a in zip(source_channels, anchors_per_location))
-        self.criterion = MultiBoxLoss(iou_threshold, neg_pos_ratio, variances)
+        self.criterion = MultiBoxLoss(config.iou_threshold, config.neg_pos_ratio, config.variances)
         self.background_prior = 0.0
+
+    @classmethod
+    def from_config(cls, config: SSDConfig, backbone: nn.Module | None = None) -> "SSD":
+        """The SSD ``config`` describes, weights initialised from scratch: its backbone family's
+        parts (``config.arch``), priors and heads. A ``"custom"`` config needs the user's
+        ``backbone`` module (its class is recorded in ``config.backbone``)."""
+        if not isinstance(config, SSDConfig):
+            raise TypeError(f"SSD.from_config: expected an SSDConfig, got {type(config).__name__}")
+        resolve_norms(config)                                  # a bad norm name fails before any module is built
+        if config.arch not in FAMILIES:
+            raise ConfigError(f"unknown arch {config.arch!r}; expected one of {sorted(FAMILIES)}")
+        if backbone is not None:
+            if config.arch != "custom":
+                raise ConfigError(f"a backbone module was given for a config of arch {config.arch!r}; "
+                                  "give it only with arch 'custom' (scratchdet.build_detector)")
+            config = config.replace(backbone=f"{type(backbone).__module__}.{type(backbone).__qualname__}")
+            parts = generic_parts(backbone, config)
+        else:
+            parts = FAMILIES[config.arch](config)
+        num_sources = len(parts.channels)
+        aspect_ratios = config.aspect_ratios or default_aspect_ratios(num_sources)
+        if len(aspect_ratios) != num_sources:
+            raise ConfigError(f"aspect_ratios has {len(aspect_ratios)} entries for {num_sources} sources")
+        if config.prior_sizes == "ssd":
+            min_sizes, max_sizes = ssd_prior_sizes(num_sources, config.image_size, config.s_min, config.s_max)
+        else:
+            min_sizes, max_sizes = prior_sizes(config.prior_sizes, config.image_size, num_sources)
+        priors = generate_priors(config.image_size, parts.feature_sizes, min_sizes, max_sizes, aspect_ratios,
+                                 clip=config.clip_priors)
+        model = cls(backbone=parts.backbone, extras=parts.extras, source_channels=parts.channels,
+                    feature_sizes=parts.feature_sizes, priors=priors,
+                    anchors_per_location=num_priors_per_location(aspect_ratios), config=config)
+        # a timm or user backbone keeps its own initialisation (timm's is tuned per family)
+        own = [model.backbone] if config.arch in ("resnet", "vgg16") else []
+        for part in own + [model.extras, model.loc_heads, model.conf_heads]:
+            init_weights(part, zero_init_residual=config.zero_init_residual)
+        model.init_head(config.background_prior)
+        return model
+
+    # ------------------------------------------------------------------ settings, read from the config
+    @property
+    def config(self) -> SSDConfig:
+        """The frozen :class:`SSDConfig` this model was built from (read-only)."""
+        return self._config
+
+    @property
+    def num_classes(self) -> int:
+        """Object classes + background."""
+        return self._config.num_classes
+
+    @property
+    def image_size(self):
+        """The input size as configured: one side, or (height, width)."""
+        return self._config.image_size
+
+    @property
+    def variances(self) -> tuple[float, ...]:
+        """The box encoding's (centre, size) variances."""
+        return self._config.variances
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -90,13 +139,22 @@ class SSD(nn.Module):
 
     @property
     def input_spec(self) -> dict:
-        """What :func:`scratchdet.data.preprocess.preprocess` needs: image_size, mean, std, resize."""
-        return {"image_size": self.image_size, **{k: self.config[k] for k in INPUT_DEFAULTS}}
+        """What :func:`scratchdet.models.transform.preprocess` needs: image_size, mean, std, resize."""
+        return self._config.input_spec
 
     @property
     def detect_settings(self) -> dict:
         """The default ``score_threshold``, ``nms_threshold``, ``top_k`` and ``keep_top_k`` of :meth:`detect`."""
-        return {k: self.config[k] for k in DETECT_DEFAULTS}
+        return self._config.detect_settings
+
+    def set_detect_settings(self, **settings) -> None:
+        """Change the default detection settings (saved with the model); they never touch the
+        weights, so unlike the rest of the config they may change after building. Checked:
+        NaN, inf or out of range raise :class:`ConfigError` naming the setting."""
+        unknown = sorted(set(settings) - set(DETECT_FIELDS))
+        if unknown:
+            raise TypeError(f"set_detect_settings: unknown setting(s) {unknown}; valid: {list(DETECT_FIELDS)}")
+        self._config = dataclasses.replace(self._config, **settings)
 
     def init_head(self, background_prior: float = 0.99, std: float = 0.01) -> None:
         """Start the predictors near "everything is background" with small offsets.
@@ -160,8 +218,19 @@ class SSD(nn.Module):
     def detect(self, loc: torch.Tensor, logits: torch.Tensor, **overrides):
         """:func:`scratchdet.ops.detect` with this model's priors and detection settings
         (``overrides`` that are not None replace them for this call)."""
-        settings = {**self.detect_settings, **{k: v for k, v in overrides.items() if v is not None}}
-        return ops.detect(loc, logits, self.priors, self.variances, **settings)
+        return ops.detect(loc, logits, self.priors, self.variances, **self.resolve_detect_settings(**overrides))
+
+    def resolve_detect_settings(self, **overrides) -> dict:
+        """:attr:`detect_settings` with the ``overrides`` that are not None, checked
+        (:func:`check_detect_settings`: NaN, inf or out of range raise :class:`ConfigError`)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(given) - set(DETECT_FIELDS))
+        if unknown:
+            raise TypeError(f"detect: unknown setting(s) {unknown}; valid: {list(DETECT_FIELDS)}")
+        settings = {**self.detect_settings, **given}
+        if given:                                     # the model's own settings were checked when it was built
+            check_detect_settings(**settings)
+        return settings
 
     def prepare_targets(self, targets, device) -> tuple[torch.Tensor, torch.Tensor]:
         """A padded batch dict ``{"boxes" [B,G,4], "labels" [B,G]}`` or a list of per-image
@@ -175,13 +244,13 @@ class SSD(nn.Module):
     # ------------------------------------------------------------------ inference API
     def preprocess(self, images) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Images of any size -> ``(batch, sizes)`` with this model's input spec
-        (:func:`scratchdet.data.preprocess.preprocess`), on the model's device and dtype."""
+        (:func:`scratchdet.models.transform.preprocess`), on the model's device and dtype."""
         batch, sizes = preprocess(images, **self.input_spec)
         return batch.to(device=self.priors.device, dtype=next(self.parameters()).dtype), sizes
 
-    @staticmethod
-    def postprocess(detections, sizes) -> list[dict]:
-        """:func:`scratchdet.data.preprocess.postprocess`: detections in each image's pixels."""
+    def postprocess(self, detections, sizes) -> list[dict]:
+        """The ``forward`` (``detect``) output of a batch and each image's ``(width, height)`` ->
+        detections in each image's own pixels (:func:`scratchdet.models.transform.postprocess`)."""
         return postprocess(detections, sizes)
 
     @torch.inference_mode()
@@ -193,7 +262,12 @@ class SSD(nn.Module):
         given here overrides it for this call. Returns one dict per image: ``boxes [K, 4]``
         (x1, y1, x2, y2 in the image's own pixels), ``scores [K]``, ``labels [K]`` (1..C-1),
         best first. :class:`scratchdet.FastPredictor` has the same ``predict``, fused.
+
+        A threshold or count that is NaN, infinite or out of range raises :class:`ConfigError`
+        naming it, before any image is processed.
         """
+        self.resolve_detect_settings(score_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k,
+                                     keep_top_k=keep_top_k)
         was_training = self.training
         self.eval()
         try:
@@ -211,11 +285,10 @@ def predict_images(detect_batch: Callable, preprocess_fn: Callable, images, batc
     ``batch_size`` images -> ``preprocess_fn`` -> ``detect_batch`` -> :func:`postprocess`."""
     if not isinstance(images, (list, tuple)):
         images = [images]
-    if int(batch_size) < 1:
-        raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
+    batch_size = whole_number("batch_size", batch_size, 1)
     results = []
-    for start in range(0, len(images), int(batch_size)):
-        batch, sizes = preprocess_fn(images[start:start + int(batch_size)])
+    for start in range(0, len(images), batch_size):
+        batch, sizes = preprocess_fn(images[start:start + batch_size])
         results += postprocess(detect_batch(batch), sizes)
     return results
 

@@ -1,9 +1,11 @@
-"""Targets in the padded [B, G] layout that match_priors takes: padded once, checked once, on the host."""
+"""Targets in the padded [B, G] layout that match_priors takes: padded once, checked once, on the host;
+and :func:`collate_detection`, the batch collation the training and evaluation loaders share."""
 from __future__ import annotations
 
 import torch
 
 from ..constants import PAD_LABEL
+from .errors import DataError
 
 __all__ = ["collate_detection", "pad_targets", "as_padded_targets", "check_target_labels"]
 
@@ -27,7 +29,7 @@ def pad_targets(targets) -> dict[str, torch.Tensor]:
             continue
         box = torch.as_tensor(t["boxes"], dtype=torch.float32).detach().cpu()
         if box.numel() != 4 * n:
-            raise ValueError(f"targets[{i}]: {n} labels but boxes of shape {list(box.shape)} (expected [{n}, 4])")
+            raise DataError(f"targets[{i}]: {n} labels but boxes of shape {list(box.shape)} (expected [{n}, 4])")
         boxes[i, :n] = box.reshape(n, 4)
         labels[i, :n] = torch.as_tensor(t["labels"]).detach().cpu().to(torch.int64).reshape(n)
         if "difficult" in t:
@@ -47,8 +49,8 @@ def as_padded_targets(targets) -> tuple[torch.Tensor, torch.Tensor]:
         raise TypeError(f"targets must be a dict of padded tensors or a list of per-image dicts, "
                         f"got {type(targets).__name__}")
     if boxes.dim() != 3 or boxes.shape[-1] != 4 or tuple(labels.shape) != tuple(boxes.shape[:2]):
-        raise ValueError(f"targets: expected boxes [B, G, 4] and labels [B, G], got {list(boxes.shape)} "
-                         f"and {list(labels.shape)}")
+        raise DataError(f"targets: expected boxes [B, G, 4] and labels [B, G], got {list(boxes.shape)} "
+                        f"and {list(labels.shape)}")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError(f"targets: expected integer labels, got {labels.dtype}")
     return boxes, labels
@@ -62,8 +64,8 @@ def check_target_labels(labels: torch.Tensor, num_classes: int) -> None:
     bad = labels >= num_classes
     if bool(bad.any()):
         image, box = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"targets: label {int(labels[image, box])} of image {image}, box {box} is out of range "
-                         f"for a model with {num_classes} classes (1..{num_classes - 1}; 0 = background/padding)")
+        raise DataError(f"targets: label {int(labels[image, box])} of image {image}, box {box} is out of range "
+                        f"for a model with {num_classes} classes (1..{num_classes - 1}; 0 = background/padding)")
 
 
 def collate_detection(batch):
