@@ -5,7 +5,7 @@ The file is one written by ``scratchdet export`` (the whole detector, see
 module needs numpy, Pillow and ONNX Runtime (``.onnx``) or OpenVINO (``.xml``), nothing else: it
 imports no part of the package that needs torch, so it works where torch is not installed.
 
-Images are brought to the input size as :func:`scratchdet.data.preprocess.resize_and_normalise` does
+Images are brought to the input size as :func:`scratchdet.structures.image.resize_and_normalise` does
 (PIL RGB, then PIL ``resize`` with the model's filter, bilinear by default), so the pixels, and hence the
 detections, are those of ``model.predict``; the graph itself normalises with the model's mean and std.
 """
@@ -27,7 +27,7 @@ RESIZE_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest
 
 def to_rgb(image) -> Image.Image:
     """A PIL image, a uint8 ``[H, W]`` / ``[H, W, C]`` array (C in 1, 3, 4) or an image file path -> PIL RGB
-    (alpha dropped, grey repeated), as ``scratchdet.data.preprocess.to_pil_rgb`` does."""
+    (alpha dropped, grey repeated), as ``scratchdet.structures.image.to_pil_rgb`` does."""
     if isinstance(image, (str, os.PathLike)):
         with Image.open(image) as img:
             return img.convert("RGB")

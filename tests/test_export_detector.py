@@ -12,7 +12,7 @@ from PIL import Image
 
 import scratchdet
 from scratchdet import ops, runtime
-from scratchdet.data.preprocess import preprocess
+from scratchdet.models.transform import preprocess
 from scratchdet.models import export
 from scratchdet.models.export import ExportCheckError, check_detections, reference_detections
 

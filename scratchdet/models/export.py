@@ -75,7 +75,7 @@ class ExportCheckError(RuntimeError):
 # --------------------------------------------------------------------------- the network part
 def _normalise_constants(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """(scale, offset) with ``x * scale - offset == (x / 255 - mean) / std``, in float32 and computed as
-    ``scratchdet.data.preprocess.normalise`` does, so the same uint8 pixels give the same floats."""
+    ``scratchdet.structures.image.normalise`` does, so the same uint8 pixels give the same floats."""
     mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     return (1.0 / (255.0 * std32)).astype(np.float32), (mean32 / std32).astype(np.float32)
 
