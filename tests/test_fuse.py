@@ -1,3 +1,4 @@
+import ast
 import copy
 import time
 import warnings
@@ -12,7 +13,8 @@ from scratchdet.models.fast_inference import FastPredictor
 from scratchdet.models import onednn
 from scratchdet.models import conv_backends
 from scratchdet.models.conv_backends import use_onednn_prepack, use_winograd
-from scratchdet.models.fuse import FusedBasicBlock, FusedConvAct, fuse
+from scratchdet.models.fuse import fold_batch_norm, fuse
+from scratchdet.models.fused_layers import FusedBasicBlock, FusedConvAct
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN")
 
@@ -42,6 +44,44 @@ def rel_err(a, b):
 
 def count_bn(model):
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _package_imports(module) -> tuple[set[str], set[str]]:
+    """The scratchdet.models modules ``module`` imports at its top, and those it imports anywhere else."""
+    tree = ast.parse(open(module.__file__).read())
+    top = {node for node in tree.body if isinstance(node, ast.ImportFrom)}
+    names: dict[bool, set[str]] = {True: set(), False: set()}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names[node in top] |= {node.module} if node.module else {a.name for a in node.names}
+    return names[True], names[False]
+
+
+def test_fused_layers_and_backends_import_one_way_at_the_top():
+    """conv_backends <- fused_layers <- fuse: no cycle, no import inside a function."""
+    from scratchdet.models import fuse as fuse_module, fused_layers
+
+    imports = {m.__name__.rsplit(".", 1)[1]: _package_imports(m) for m in (conv_backends, fused_layers, fuse_module)}
+    assert all(not local for _, local in imports.values()), imports
+    assert not imports["conv_backends"][0] & {"fuse", "fused_layers"}
+    assert "conv_backends" in imports["fused_layers"][0] and "fuse" not in imports["fused_layers"][0]
+    assert "fused_layers" in imports["fuse"][0]
+    assert fuse_module.FusedConvAct is FusedConvAct      # old pickles name scratchdet.models.fuse.FusedConvAct
+
+
+def test_fold_batch_norm_matches_conv_then_bn():
+    gen = torch.Generator().manual_seed(5)
+    conv = torch.nn.Conv2d(6, 10, 3, padding=1, bias=True)
+    bn = torch.nn.BatchNorm2d(10).eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(10, generator=gen))
+        bn.running_var.copy_(torch.rand(10, generator=gen) + 0.1)
+        bn.weight.copy_(torch.randn(10, generator=gen))
+        bn.bias.copy_(torch.randn(10, generator=gen))
+    x = torch.randn(2, 6, 8, 8, generator=gen)
+    w, b = fold_batch_norm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.nn.functional.conv2d(x, w, b, padding=1), bn(conv(x)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", list_models())

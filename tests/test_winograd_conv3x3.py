@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from scratchdet import ops
 from scratchdet.models import build_model
 from scratchdet.models.conv_backends import use_winograd
-from scratchdet.models.fuse import FusedConvAct, fuse
+from scratchdet.models.fuse import fuse
+from scratchdet.models.fused_layers import FusedConvAct
 from scratchdet.ops import reference
 from helpers import non_contiguous, given, settings, st
 
