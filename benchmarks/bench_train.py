@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from scratchdet.models import build_model
+from scratchdet.models.layers import use_fused_batch_norm
 
 pytestmark = pytest.mark.filterwarnings("ignore:scratchdet. the compiled extension")
 
@@ -23,8 +24,6 @@ def _targets(B, G=4, num_classes=7, seed=0):
 def train_model(name: str, size: int, fused: bool = True):
     """``name`` built for ``size`` px from seed 0, channels_last, with the fused training BN on or off
     (off: the stock nn.BatchNorm2d / add / ReLU ops). 21 classes at 300 px (VOC), else the demo's 7."""
-    from scratchdet.models.layers import use_fused_batch_norm
-
     torch.manual_seed(0)
     model = build_model(name, num_classes=21 if size == 300 else 7, image_size=size)
     model = model.to(memory_format=torch.channels_last)

@@ -29,7 +29,7 @@ from bench_runtimes import _model  # noqa: E402
 from scratchdet.models.conv_backends import backend_name  # noqa: E402
 from scratchdet.models.export import export_onnx  # noqa: E402
 from scratchdet.models.fast_inference import FastPredictor  # noqa: E402
-from scratchdet.models.fuse import FusedConvAct  # noqa: E402
+from scratchdet.models.fused_layers import FusedConvAct  # noqa: E402
 
 
 BACKEND_LABELS = {"winograd": "winograd F(4,3)", "onednn-prepacked": "prepacked oneDNN"}

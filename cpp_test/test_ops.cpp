@@ -114,6 +114,30 @@ void test_winograd_conv3x3() {
          "winograd_conv3x3 rejects an unpacked weight with a clear message");
 }
 
+// Training-mode BatchNorm + residual + ReLU against ATen's batch_norm, and its gradient on a
+// known answer: for grad_out = 1 (no ReLU) the normalised values sum to zero, so grad_input and
+// grad_weight vanish and grad_bias counts the values per channel.
+void test_batch_norm_relu() {
+  at::manual_seed(0);
+  auto x = at::randn({2, 3, 4, 5}) * 2 + 1, w = at::randn({3}), b = at::randn({3}), r = at::randn({2, 3, 4, 5});
+  const double eps = 1e-5;
+  auto [out, save_mean, save_invstd] = scratchdet::ops::batch_norm_relu(x, w, b, r, eps, true);
+  auto want = at::relu(at::batch_norm(x, w, b, {}, {}, /*training=*/true, /*momentum=*/0.1, eps, false) + r);
+  expect(close(out, want, 1e-5), "batch_norm_relu = relu(batch_norm(x) + residual)");
+  const auto var = x.var({0, 2, 3}, /*unbiased=*/false);
+  expect(close(save_mean, x.mean({0, 2, 3}), 1e-5) && close(save_invstd, at::rsqrt(var + eps), 1e-4),
+         "batch_norm_relu saves the batch mean and 1 / sqrt(biased var + eps)");
+  auto [plain, mean0, invstd0] = scratchdet::ops::batch_norm_relu(x, std::nullopt, std::nullopt, std::nullopt, eps,
+                                                                  false);
+  auto [dx, dw, db, dr] = scratchdet::ops::batch_norm_relu_backward(at::ones_like(x), plain, x, w, mean0, invstd0,
+                                                                    false, false);
+  expect(close(dx, at::zeros_like(x), 1e-5) && close(dw, at::zeros({3}), 1e-4) &&
+             close(db, at::full({3}, 40.0f)) && dr.numel() == 0,
+         "batch_norm_relu_backward: grad_out = 1 gives grad_input 0, grad_weight 0, grad_bias = 40, no grad_residual");
+  expect(throws_with([&] { scratchdet::ops::batch_norm_relu(x, w, b, r, 0.0, true); }, "expected eps > 0, got 0"),
+         "batch_norm_relu rejects eps = 0 with a clear message");
+}
+
 }  // namespace
 
 int main() {
@@ -127,6 +151,7 @@ int main() {
   test_detect();
   test_conv_bn_act();
   test_winograd_conv3x3();
+  test_batch_norm_relu();
   std::cout << (failures ? "FAILED" : "ALL PASSED") << "\n";
   return failures ? 1 : 0;
 }

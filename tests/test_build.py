@@ -8,6 +8,7 @@ import torch
 
 import scratchdet
 from scratchdet.ops import _extension
+from scratchdet.ops._extension import parse_build_info
 
 
 def test_extension_loaded_with_cpu_kernels():
@@ -61,8 +62,6 @@ print("ok")
 
 def test_build_info_parses_an_arch_list_that_holds_semicolons():
     # setup.py picks e.g. "7.5;8.0;9.0+PTX" from nvcc when no GPU is visible (the README's setup)
-    from scratchdet.ops._extension import parse_build_info
-
     raw = parse_build_info("cpu=1;cuda=1;cuda_arch_list=7.5;8.0;9.0+PTX;torch_version=2.14.1;openmp=1")
     assert raw == {"cpu": "1", "cuda": "1", "cuda_arch_list": "7.5;8.0;9.0+PTX", "torch_version": "2.14.1",
                    "openmp": "1"}

@@ -220,22 +220,6 @@ def test_cuda_vector_body_and_scalar_tail(dtype, vec, memory_format, use_bias, u
         torch.testing.assert_close(got, eager(x1, w1, b1, r1, kw1, relu), rtol=tol, atol=tol)
 
 
-def test_fold_batch_norm_matches_conv_then_bn():
-    gen = torch.Generator().manual_seed(5)
-    conv = torch.nn.Conv2d(6, 10, 3, padding=1, bias=True)
-    bn = torch.nn.BatchNorm2d(10).eval()
-    with torch.no_grad():
-        bn.running_mean.copy_(torch.randn(10, generator=gen))
-        bn.running_var.copy_(torch.rand(10, generator=gen) + 0.1)
-        bn.weight.copy_(torch.randn(10, generator=gen))
-        bn.bias.copy_(torch.randn(10, generator=gen))
-    x = torch.randn(2, 6, 8, 8, generator=gen)
-    w, b = reference.fold_batch_norm(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                                     bn.eps)
-    with torch.no_grad():
-        torch.testing.assert_close(F.conv2d(x, w, b, padding=1), bn(conv(x)), rtol=1e-5, atol=1e-5)
-
-
 def test_opcheck():
     for i, cfg in enumerate(CONFIGS[:6]):
         for fmt in (torch.contiguous_format, CL):

@@ -1,6 +1,8 @@
 """The three layers of argument checks say the same thing: for a bad input, the compiled op (C++
 TORCH_CHECK), the reference (scratchdet.ops.reference) and the fake kernel (_registrations.py, as
 torch.compile and torch.export run it) raise the same message, word for word."""
+import importlib
+import pkgutil
 import re
 
 import pytest
@@ -9,7 +11,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_map
 
 import scratchdet
-from scratchdet.ops import reference
+from scratchdet.ops import _registrations, reference
 
 ops = torch.ops.scratchdet
 nan = float("nan")
@@ -172,8 +174,6 @@ def test_torch_compile_refuses_a_bad_input_with_the_same_message():
 
 
 def test_public_functions_call_the_compiled_ops():
-    from scratchdet.ops import _registrations
-
     for name in OPS:
         assert getattr(_registrations, name) is getattr(ops, name), name
         assert callable(getattr(scratchdet.ops, name))
@@ -195,3 +195,20 @@ def test_32_bit_limits_are_checked_at_trace_time(name, make_args, pattern):
         args = make_args()
         with pytest.raises(RuntimeError, match=pattern):
             getattr(ops, name)(*args)
+
+
+def test_reference_package_exports_every_public_name_of_its_modules():
+    """``scratchdet.ops.reference.<name>`` for every public name of every reference module, each
+    listed once in ``__all__``; every op has a reference and every fake kernel its check."""
+    exported = []
+    for info in pkgutil.iter_modules(reference.__path__):
+        module = importlib.import_module(f"{reference.__name__}.{info.name}")
+        public = [n for n, v in vars(module).items() if not n.startswith("_") and getattr(v, "__module__", None)
+                  == module.__name__]
+        assert set(public) <= set(module.__all__), (info.name, set(public) - set(module.__all__))
+        for name in module.__all__:
+            assert getattr(reference, name) is getattr(module, name), name
+        exported += module.__all__
+    assert sorted(reference.__all__) == sorted(exported) and len(set(exported)) == len(exported)
+    for name in OPS:
+        assert callable(getattr(reference, name)) and callable(getattr(reference, f"check_{name}_args"))

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from scratchdet import ops
 from scratchdet.models import build_model
 from scratchdet.models.conv_backends import use_winograd
-from scratchdet.models.fuse import FusedConvAct, fuse
+from scratchdet.models.fuse import fuse
+from scratchdet.models.fused_layers import FusedConvAct
 from scratchdet.ops import reference
 from helpers import non_contiguous, given, settings, st
 
@@ -123,10 +124,11 @@ GEMM_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("path", ["native", "blas", "aten"])
-def test_every_gemm_path_equals_the_direct_conv(tmp_path, path):
+@pytest.mark.parametrize("path,isa", [("native", "auto"), ("blas", "auto"), ("aten", "auto"), ("native", "avx2")])
+def test_every_gemm_path_equals_the_direct_conv(tmp_path, path, isa):
     # The 36 GEMMs run on our AVX-512 kernel (native, where the CPU has AVX-512F), torch's BLAS sgemm
     # or at::mm_out: force each (unavailable ones fall to the next) on shapes that cross its blocks.
+    # SCRATCHDET_CPU_ISA=avx2: the AVX2 paths of an AVX2-only CPU (8-float transforms, BLAS GEMM).
     code = (
         "import sys, torch; from scratchdet import ops\n"
         f"shapes = {GEMM_SHAPES!r}\n"
@@ -137,8 +139,8 @@ def test_every_gemm_path_equals_the_direct_conv(tmp_path, path):
         "    b = torch.randn(co, generator=g); r = torch.randn(n, co, h, w, generator=g)\n"
         "    outs.append((x, wt, b, r, ops.winograd_conv3x3(x, ops.winograd_f43_pack(wt), b, r, True)))\n"
         "torch.save(outs, sys.argv[1])\n")
-    path_file = tmp_path / f"{path}.pt"
-    env = dict(os.environ, SCRATCHDET_WINOGRAD_GEMM=path)
+    path_file = tmp_path / f"{path}-{isa}.pt"
+    env = dict(os.environ, SCRATCHDET_WINOGRAD_GEMM=path, SCRATCHDET_CPU_ISA=isa)
     subprocess.run([sys.executable, "-c", code, str(path_file)], env=env, check=True, cwd=ROOT)
     for x, weight, bias, res, out in torch.load(path_file):
         assert rel_err(out, direct(x, weight, bias, res, True)) < 5e-5, x.shape
@@ -151,6 +153,16 @@ def test_unknown_gemm_path_is_refused():
     run = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode != 0
     assert "SCRATCHDET_WINOGRAD_GEMM must be native, blas or aten, got 'mkl'" in run.stderr
+
+
+def test_unknown_cpu_isa_is_refused():
+    code = ("import torch; from scratchdet import ops\n"
+            "w = ops.winograd_f43_pack(torch.randn(4, 4, 3, 3))\n"
+            "ops.winograd_conv3x3(torch.randn(1, 4, 8, 8), w, None, None, False)\n")
+    env = dict(os.environ, SCRATCHDET_CPU_ISA="sse2")
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "SCRATCHDET_CPU_ISA must be auto, avx512 or avx2, got 'sse2'" in run.stderr
 
 
 def test_empty_inputs():

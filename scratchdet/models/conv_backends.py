@@ -1,4 +1,6 @@
-"""Which kernel a fused conv (:class:`scratchdet.models.fuse.FusedConvAct`) runs on.
+"""Which kernel a fused conv runs on: :class:`BackendConv`, the base of
+:class:`scratchdet.models.fused_layers.FusedConvAct`, holds the switches and caches set here
+and runs its forward through :func:`select`.
 
 By default every fused conv calls :func:`scratchdet.ops.conv_bn_act`. On CPU in float32 two
 faster paths can be switched on for a fused model, each caching a weight packed once:
@@ -10,6 +12,7 @@ faster paths can be switched on for a fused model, each caching a weight packed 
 - :func:`use_tuned_backends`: per 3x3 stride-1 conv, whichever of Winograd and the direct conv
   is faster on this machine, timed once per input shape (TensorRT-style tactic selection:
   which one wins depends on the CPU, the layer's width and its map size, benchmarks/RESULTS.md).
+  The timing reads ``time.perf_counter`` unless another ``clock`` is given (tests use a fake one).
 
 Anything unusual (another dtype or device, autograd, tracing, a wrong channel count) goes
 through the op, which checks its inputs and names what is wrong.
@@ -25,7 +28,8 @@ import torch.nn as nn
 from .. import ops
 from . import onednn
 
-__all__ = ["backend_name", "select", "tactics", "use_onednn_prepack", "use_tuned_backends", "use_winograd"]
+__all__ = ["BackendConv", "backend_name", "select", "tactics", "use_onednn_prepack", "use_tuned_backends",
+           "use_winograd"]
 
 # Timed calls per candidate when a tuned conv meets a new input shape (after one untimed call that
 # packs the weight); the fastest single call decides, so a preempted call does not.
@@ -79,16 +83,17 @@ def _tactic_key(conv, x, residual) -> tuple:
 
 
 def _run_tuned(conv, x, residual):
-    """Time Winograd against the direct conv on this call's shapes, record the faster in the
-    model's table (use_tuned_backends) and return its output."""
+    """Time Winograd against the direct conv on this call's shapes (with the conv's clock, set by
+    use_tuned_backends), record the faster in the model's table and return its output."""
     candidates = ["winograd", _direct_name(conv)]
+    clock = conv._clock or time.perf_counter
     outputs = {name: _BACKENDS[name](conv, x, residual) for name in candidates}   # packs the weights
     best_time = dict.fromkeys(candidates, float("inf"))
     for _ in range(TUNING_ROUNDS):
         for name in candidates:     # interleaved, so a slow moment of the machine hits both
-            start = time.perf_counter()
+            start = clock()
             outputs[name] = _BACKENDS[name](conv, x, residual)
-            best_time[name] = min(best_time[name], time.perf_counter() - start)
+            best_time[name] = min(best_time[name], clock() - start)
     name = min(candidates, key=best_time.__getitem__)
     conv._tactics[_tactic_key(conv, x, residual)] = name
     if name != "winograd":      # the loser's packed weight (Winograd's is 4x the weight) is repacked if needed
@@ -114,10 +119,39 @@ def select(conv, x: torch.Tensor, residual: torch.Tensor | None) -> Callable:
     return _run_tuned if name == "tuning" else _BACKENDS[name]
 
 
-def _fused_convs(fused_model: nn.Module):
-    from .fuse import FusedConvAct
+class BackendConv(nn.Module):
+    """A conv whose kernel this module picks: the backend switches and caches that
+    :func:`use_onednn_prepack`, :func:`use_winograd` and :func:`use_tuned_backends` set, and a
+    forward through :func:`select`. A subclass (``FusedConvAct``) holds ``weight``, ``bias``,
+    ``stride``, ``padding``, ``dilation``, ``groups`` and ``relu``.
+    """
 
-    return [m for m in fused_model.modules() if isinstance(m, FusedConvAct)]
+    # Class-level defaults, so fused models pickled before a switch existed still load and run.
+    prepack = False                     # CPU fp32 through a prepacked oneDNN weight
+    winograd = False                    # CPU fp32 3x3 stride 1 through Winograd F(4x4, 3x3)
+    tune = False                        # CPU fp32 3x3 stride 1: Winograd or direct, whichever is faster
+    _tactics = None                     # the model's table of timed choices (use_tuned_backends)
+    _clock = None                       # what tuning reads the time from; None: time.perf_counter
+    _packed = None                      # (weight version key, packed weight); never saved or copied
+    _wino_packed = None                 # the same for the Winograd-transformed weight
+
+    @property
+    def winograd_eligible(self) -> bool:
+        """3x3, stride 1, padding 1, dilation 1, groups 1: the convs Winograd F(4x4, 3x3) computes."""
+        return ops.is_winograd_conv(self.weight.shape, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return select(self, x, residual)(self, x, residual)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_packed"] = None         # oneDNN's opaque tensors neither pickle nor deep-copy
+        state["_wino_packed"] = None    # derived from the weight: not worth saving
+        return state
+
+
+def _fused_convs(fused_model: nn.Module) -> list[BackendConv]:
+    return [m for m in fused_model.modules() if isinstance(m, BackendConv)]
 
 
 def use_onednn_prepack(fused_model: nn.Module, enabled: bool = True) -> int:
@@ -151,19 +185,25 @@ def use_winograd(fused_model: nn.Module, enabled: bool = True) -> int:
     return count
 
 
-def use_tuned_backends(fused_model: nn.Module, enabled: bool = True) -> int:
+def use_tuned_backends(fused_model: nn.Module, enabled: bool = True,
+                       clock: Callable[[], float] | None = None) -> int:
     """Let the 3x3 stride-1 fused convs of ``fused_model`` (``FusedConvAct.winograd_eligible``) pick
     Winograd or the direct conv (prepacked oneDNN if :func:`use_onednn_prepack` is on, else the op)
     on CPU float32 by timing both, the first time a (weight shape, input shape, residual) comes
     up; convs of the same shapes share that choice (:func:`tactics`). Tuning a shape costs
     ``2 * (1 + TUNING_ROUNDS)`` runs of that layer. It takes precedence over :func:`use_winograd`
     for the convs it covers. Returns how many convs were switched.
+
+    ``clock`` (seconds, as ``time.perf_counter``, the default) is what the timing reads: a test
+    passes a fake clock so that the choice does not depend on how busy the machine is. It is kept
+    on the convs, so it has to pickle if the model is pickled.
     """
     table: dict = {}
     count = 0
     for conv in _fused_convs(fused_model):
         conv.tune = bool(enabled) and conv.winograd_eligible
         conv._tactics = table if conv.tune else None
+        conv._clock = clock if conv.tune else None
         count += conv.tune
     return count
 

@@ -1,7 +1,9 @@
-"""Fused Conv-BN inference: ``fuse(model)`` folds every BatchNorm into its conv.
+"""Fused Conv-BN inference, the folding pass: ``fuse(model)`` folds every BatchNorm into its conv
+(:func:`fold_batch_norm`).
 
-Every ``ConvNormAct`` becomes a :class:`FusedConvAct` (one ``conv_bn_act`` call:
-conv + bias + ReLU) and every ``BasicBlock`` a :class:`FusedBasicBlock`, whose
+Every ``ConvNormAct`` becomes a :class:`~scratchdet.models.fused_layers.FusedConvAct` (one
+``conv_bn_act`` call: conv + bias + ReLU) and every ``BasicBlock`` a
+:class:`~scratchdet.models.fused_layers.FusedBasicBlock`, whose
 second conv also does the residual add and the ReLU after it, in the same call.
 
 Any other backbone (timm, a user's module): every BatchNorm whose input is the output of a
@@ -27,23 +29,30 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..ops.reference import fold_batch_norm
-from ..ops import is_winograd_conv
-from . import conv_backends
+# FusedConvAct and FusedBasicBlock lived here: models pickled whole before the split name them
+# scratchdet.models.fuse.<class>, and unpickling looks them up in this module.
+from .fused_layers import FusedBasicBlock, FusedConvAct
 from .layers import BasicBlock, Bias2d, BNReLU2d, ConvNormAct
 
-__all__ = ["fuse", "FusedConvAct", "FusedBasicBlock", "FuseReport"]
-
-
-class _InferenceOnly(nn.Module):
-    def train(self, mode: bool = True):
-        if mode:
-            raise RuntimeError(f"{type(self).__name__} is inference-only (BatchNorm is folded into its weights); "
-                               "train the original, unfused model instead")
-        return super().train(False)
+__all__ = ["fuse", "fold_batch_norm", "fused_conv", "FuseReport"]
 
 
 _PLAIN_BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, BNReLU2d)   # eval mode: plain BatchNorm
+
+
+def fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None, running_mean: torch.Tensor,
+                    running_var: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
+                    eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm into the conv before it: ``w' = w*g/sqrt(var+eps)`` and
+    ``b' = (b - mu)*g/sqrt(var+eps) + beta``. Computed in float64, returned in weight's dtype."""
+    dtype = weight.dtype
+    var, mean = running_var.double(), running_mean.double()
+    g = gamma.double() if gamma is not None else torch.ones_like(var)
+    bt = beta.double() if beta is not None else torch.zeros_like(var)
+    b = bias.double() if bias is not None else torch.zeros_like(var)
+    scale = g / torch.sqrt(var + eps)
+    w = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    return w.to(dtype), ((b - mean) * scale + bt).to(dtype)
 
 
 def _folded(conv: nn.Conv2d, norm: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -57,75 +66,21 @@ def _folded(conv: nn.Conv2d, norm: nn.Module | None) -> tuple[torch.Tensor, torc
                            norm.eps)
 
 
-class FusedConvAct(_InferenceOnly):
-    """``relu?(conv(x) + bias + residual?)`` through :func:`scratchdet.ops.conv_bn_act`.
-
-    ``weight`` and ``bias`` are frozen parameters (so ``.to()``/``.half()`` and
-    ``model.parameters()`` see them).
-    """
-
-    # Backend switches and caches, set by scratchdet.models.conv_backends. Class-level defaults,
-    # so fused models pickled before a switch existed still load and run.
-    prepack = False                     # CPU fp32 through a prepacked oneDNN weight
-    winograd = False                    # CPU fp32 3x3 stride 1 through Winograd F(4x4, 3x3)
-    tune = False                        # CPU fp32 3x3 stride 1: Winograd or direct, whichever is faster
-    _tactics = None                     # the model's table of timed choices (conv_backends.use_tuned_backends)
-    _packed = None                      # (weight version key, packed weight); never saved or copied
-    _wino_packed = None                 # the same for the Winograd-transformed weight
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation, groups: int,
-                 relu: bool):
-        super().__init__()
-        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
-        self.groups, self.relu = int(groups), bool(relu)
-        self.training = False
-
-    @classmethod
-    def from_conv_norm_act(cls, block: ConvNormAct, relu: bool | None = None) -> "FusedConvAct":
-        return cls.from_conv(block.conv, block.norm, block.act if relu is None else relu)
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, bn: nn.Module | None = None, relu: bool = False) -> "FusedConvAct":
-        """``conv`` with the eval-mode BatchNorm ``bn`` (or None) after it folded in."""
-        weight, bias = _folded(conv, bn)
-        return cls(weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, relu)
-
-    @property
-    def winograd_eligible(self) -> bool:
-        """3x3, stride 1, padding 1, dilation 1, groups 1: the convs Winograd F(4x4, 3x3) computes."""
-        return is_winograd_conv(self.weight.shape, self.stride, self.padding, self.dilation, self.groups)
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        return conv_backends.select(self, x, residual)(self, x, residual)
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        state["_packed"] = None         # oneDNN's opaque tensors neither pickle nor deep-copy
-        state["_wino_packed"] = None    # derived from the weight: not worth saving
-        return state
-
-    def extra_repr(self) -> str:
-        o, i, kh, kw = self.weight.shape
-        return (f"{i * self.groups}, {o}, kernel_size=({kh}, {kw}), stride={tuple(self.stride)}, "
-                f"padding={tuple(self.padding)}, dilation={tuple(self.dilation)}, groups={self.groups}, "
-                f"relu={self.relu}")
+def fused_conv(conv: nn.Conv2d, norm: nn.Module | None = None, relu: bool = False) -> FusedConvAct:
+    """``conv`` with the eval-mode BatchNorm (or Bias2d) ``norm`` after it, or None, folded in."""
+    weight, bias = _folded(conv, norm)
+    return FusedConvAct(weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, relu)
 
 
-class FusedBasicBlock(_InferenceOnly):
-    """BasicBlock in (2 or 3) op calls: conv1+ReLU, [shortcut], conv2 + add + ReLU."""
+def _fused_conv_norm_act(block: ConvNormAct, relu: bool | None = None) -> FusedConvAct:
+    return fused_conv(block.conv, block.norm, block.act if relu is None else relu)
 
-    def __init__(self, block: BasicBlock):
-        super().__init__()
-        self.conv1 = FusedConvAct.from_conv_norm_act(block.conv1)
-        self.conv2 = FusedConvAct.from_conv_norm_act(block.conv2, relu=True)   # the ReLU after the add
-        self.shortcut = None if block.shortcut is None else FusedConvAct.from_conv_norm_act(block.shortcut)
-        self.training = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return self.conv2(self.conv1(x), residual=identity)
+def _fused_basic_block(block: BasicBlock) -> FusedBasicBlock:
+    shortcut = None if block.shortcut is None else _fused_conv_norm_act(block.shortcut)
+    return FusedBasicBlock(_fused_conv_norm_act(block.conv1),
+                           _fused_conv_norm_act(block.conv2, relu=True),   # the ReLU after the add
+                           shortcut)
 
 
 @dataclass
@@ -177,7 +132,7 @@ def _fuse_children(module: nn.Module, prefix: str, report: FuseReport, loose: li
             parts = [child.conv1, child.conv2] + ([child.shortcut] if child.shortcut is not None else [])
             reasons = [r for r in map(_why_unfusable, parts) if r]
             if not reasons and type(child).forward is BasicBlock.forward:
-                setattr(module, name, FusedBasicBlock(child))
+                setattr(module, name, _fused_basic_block(child))
                 report.fused.append(qual)
                 report.folded_batch_norms += sum(_is_batch_norm(p.norm) for p in parts)
                 continue
@@ -188,7 +143,7 @@ def _fuse_children(module: nn.Module, prefix: str, report: FuseReport, loose: li
         elif isinstance(child, ConvNormAct):
             reason = _why_unfusable(child)
             if reason is None and type(child).forward is ConvNormAct.forward:
-                setattr(module, name, FusedConvAct.from_conv_norm_act(child))
+                setattr(module, name, _fused_conv_norm_act(child))
                 report.fused.append(qual)
                 report.folded_batch_norms += _is_batch_norm(child.norm)
             else:
@@ -270,7 +225,7 @@ def _fuse_traced(model: nn.Module, loose: list, example: torch.Tensor | None, re
         drop, act = _norm_act_parts(norm) or (None, None)
         relu = type(act) is nn.ReLU and (drop is None or isinstance(drop, nn.Identity))
         if _why_conv_unfusable(conv) is None:
-            _set(model, conv_name, FusedConvAct.from_conv(conv, norm, relu))
+            _set(model, conv_name, fused_conv(conv, norm, relu))
         else:   # another conv class (e.g. timm's Conv2dSame): the folded weights in place, its own forward
             weight, bias = _folded(conv, norm)
             conv.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)

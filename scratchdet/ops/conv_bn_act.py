@@ -13,7 +13,7 @@ def conv_bn_act(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """``relu?(conv2d(input, weight, bias, ...) + residual?)`` in one op call.
 
     The inference form of Conv-BN(-add)(-ReLU) once BatchNorm is folded into
-    ``weight`` and ``bias`` (see :func:`scratchdet.ops.reference.fold_batch_norm`).
+    ``weight`` and ``bias`` (see :func:`scratchdet.models.fuse.fold_batch_norm`).
     ``residual`` has the output's shape. The output keeps the input's dtype and
     memory format (NCHW or channels_last). CPU: oneDNN conv with the bias inside,
     then one vectorised in-place pass (add, ReLU). CUDA: cuDNN conv, then one

@@ -5,10 +5,12 @@
 // and B where they lie (no packing) does better (benchmarks/RESULTS.md, "CPU runtimes"). Blocks of
 // 6 rows x 64 columns: 24 accumulators + 4 rows of B + 1 broadcast of A fit the 32 zmm registers;
 // the last column block is masked, so any n works. Built for AVX-512F only through function
-// target attributes: callers check cpu_has_avx512f() first.
+// target attributes: callers check avx512_enabled() (cpu_isa.h) first.
 #pragma once
 
 #include <cstdint>
+
+#include "cpu_isa.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -18,14 +20,6 @@
 namespace scratchdet {
 
 #ifdef SD_SMALL_GEMM_AVX512
-
-inline bool cpu_has_avx512f() {
-  static const bool ok = [] {
-    __builtin_cpu_init();  // may run from a static initializer, before libgcc's own
-    return __builtin_cpu_supports("avx512f") != 0;
-  }();
-  return ok;
-}
 
 // One kMR x (16 * kNV) block of C; the kNV-th vector of each row is masked by last.
 template <int kMR, int kNV>
@@ -90,7 +84,6 @@ inline void small_gemm_avx512(int64_t m, int64_t n, int64_t k, const float* a, c
 
 #else
 
-inline bool cpu_has_avx512f() { return false; }
 inline void small_gemm_avx512(int64_t, int64_t, int64_t, const float*, const float*, float*) {}
 
 #endif

@@ -38,11 +38,11 @@ namespace {
 
 // GCC/Clang vectors of 8 and 16 floats: one AVX / AVX-512 register where the clone targets it,
 // several narrower ones otherwise. Loads and stores go through memcpy, so they may be unaligned.
-// 16 lanes only on AVX-512 CPUs: elsewhere a tile's 36 vec16 values spill out of the registers.
+// 16 lanes only on AVX-512 CPUs (avx512_enabled(), cpu_isa.h): elsewhere a tile's 36 vec16 values
+// spill out of the registers.
 typedef float vec8 __attribute__((vector_size(32)));
 typedef float vec16 __attribute__((vector_size(64)));
 constexpr int kLanes = 8;
-const bool kWideLanes = cpu_has_avx512f();
 constexpr int kPos = kWinoTile * kWinoTile;  // 36 transform positions
 
 // The transforms run on 16 or 8 channels at a time (vec16, vec8) and on the channel tail one at a
@@ -71,7 +71,7 @@ inline void store_lanes(float* p, float v) { *p = v; }
 
 // ---- GEMM ------------------------------------------------------------------------------------
 // The GEMMs are small (tiles-per-chunk x C_in x C_out) and many (36 per chunk). Three ways to run
-// them, picked once: our AVX-512 kernel (small_gemm.h) where the CPU has AVX-512F; else the BLAS
+// them, picked once: our AVX-512 kernel (small_gemm.h) where avx512_enabled(); else the BLAS
 // sgemm that torch itself links (MKL on x86 wheels) when it exports one; else at::mm_out (same
 // result, more overhead per call). SCRATCHDET_WINOGRAD_GEMM=native|blas|aten, set before the first
 // call, forces one (an unavailable choice falls to the next), so tests can compare them.
@@ -100,7 +100,7 @@ GemmChoice choose_gemm() {
   TORCH_CHECK(want == "native" || want == "blas" || want == "aten",
               "winograd_conv3x3: SCRATCHDET_WINOGRAD_GEMM must be native, blas or aten, got '", want, "'");
   const SgemmFn sgemm = want == "aten" ? nullptr : find_sgemm();
-  if (want == "native" && cpu_has_avx512f()) return {GemmPath::kNative, nullptr};
+  if (want == "native" && avx512_enabled()) return {GemmPath::kNative, nullptr};
   if (sgemm != nullptr) return {GemmPath::kBlas, sgemm};
   return {GemmPath::kAten, nullptr};
 }
@@ -169,6 +169,7 @@ SD_CPU_CLONES
 void input_transform(const Geometry& g, const float* x, float* v, int64_t chunk_begin, int64_t chunk_len,
                      int64_t t_begin, int64_t t_end) {
   const int64_t C = g.c_in, pos_stride = chunk_len * C;
+  const bool wide = avx512_enabled();
   for (int64_t t = t_begin; t < t_end; ++t) {
     int64_t n, oy, ox;
     tile_origin(g, t, n, oy, ox);
@@ -177,7 +178,7 @@ void input_transform(const Geometry& g, const float* x, float* v, int64_t chunk_
     const float* img = x + n * g.height * g.width * C;
     float* dst = v + (t - chunk_begin) * C;
     int64_t c = 0;
-    for (; kWideLanes && c + 2 * kLanes <= C; c += 2 * kLanes) input_tile<vec16>(g, img, y0, x0, interior, c, dst, pos_stride);
+    for (; wide && c + 2 * kLanes <= C; c += 2 * kLanes) input_tile<vec16>(g, img, y0, x0, interior, c, dst, pos_stride);
     for (; c + kLanes <= C; c += kLanes) input_tile<vec8>(g, img, y0, x0, interior, c, dst, pos_stride);
     for (; c < C; ++c) input_tile<float>(g, img, y0, x0, interior, c, dst, pos_stride);
   }
@@ -209,6 +210,7 @@ SD_CPU_CLONES
 void output_transform(const Geometry& g, const float* m, const float* bias, const float* residual, float* out,
                       int64_t chunk_begin, int64_t chunk_len, int64_t t_begin, int64_t t_end) {
   const int64_t C = g.c_out, pos_stride = chunk_len * C;
+  const bool wide = avx512_enabled();
   for (int64_t t = t_begin; t < t_end; ++t) {
     int64_t n, oy, ox;
     tile_origin(g, t, n, oy, ox);
@@ -217,7 +219,7 @@ void output_transform(const Geometry& g, const float* m, const float* bias, cons
     const int64_t base = (n * g.height * g.width + oy * g.width + ox) * C;
     const float* src = m + (t - chunk_begin) * C;
     int64_t c = 0;
-    for (; kWideLanes && c + 2 * kLanes <= C; c += 2 * kLanes)
+    for (; wide && c + 2 * kLanes <= C; c += 2 * kLanes)
       output_tile<vec16, kResidual, kRelu, kBias>(g, src, pos_stride, bias, residual, out, base, rows, cols, c);
     for (; c + kLanes <= C; c += kLanes)
       output_tile<vec8, kResidual, kRelu, kBias>(g, src, pos_stride, bias, residual, out, base, rows, cols, c);
