@@ -16,7 +16,6 @@ import pytest
 import torch
 import torchvision
 
-import scratchdet
 from scratchdet.models import SSDRawOutputs, build_model
 from scratchdet.models.fast_inference import FastPredictor
 from scratchdet.ops.reference import decode

@@ -12,7 +12,7 @@ from scratchdet.models.bn_relu import BNReLU2d
 from scratchdet.models.layers import use_fused_batch_norm
 from scratchdet.ops import batch_norm_relu, batch_norm_relu_backward, reference
 from scratchdet.ops._extension import has_op
-from helpers import DEVICES, given, settings, st
+from helpers import given, settings, st
 
 needs_kernel = pytest.mark.skipif(not has_op("batch_norm_relu"), reason="the extension is not built")
 

@@ -1,13 +1,9 @@
-import importlib
 import subprocess
 import sys
-import warnings
 
-import pytest
 import torch
 
 import scratchdet
-from scratchdet.ops import _extension
 from scratchdet.ops._extension import parse_build_info
 
 
