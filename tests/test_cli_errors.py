@@ -1,6 +1,7 @@
 """What a new user's bad input gets from the command line: one line on stderr, exit status 2, no
 traceback, and their folder exactly as it was (no synthetic data written into it, no file touched)."""
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -188,6 +189,9 @@ def test_skip_bad_images_trains_without_the_bad_file(user, capsys):
     with pytest.warns(UserWarning, match=r"skipping bad image .*im2\.jpg"):
         assert cli.main(["train", "--data", data, "--out", user.out, *TINY, "--set", "skip_bad_images=true"]) == 0
     assert snapshot(data) == before and os.path.isfile(os.path.join(user.out, "model_final.pt"))
+    out = capsys.readouterr().out
+    summary = json.loads(out[("\n" + out).rindex("\n{"):])    # the run summary, printed last
+    assert summary["skipped_images"] == 1
 
 
 # ------------------------------------------------------------------ detect / eval: thresholds

@@ -91,18 +91,20 @@ class DetectionDataset(torch.utils.data.Dataset):
         ``max_bytes`` (estimated from the first image); returns whether they were cached."""
         if self._cache is not None or not self.records:
             return self._cache is not None
-        first = self._load_image(self.records[0].image_path)
-        if first.width * first.height * 3 * len(self.records) > max_bytes:
-            return False
-        cache = []
-        for i, rec in enumerate(self.records):
+        cache, estimated = [], False
+        for rec in self.records:
             try:
-                image = first if i == 0 else self._load_image(rec.image_path)
-            except BadImageError:
+                image = self._load_image(rec.image_path)
+            except BadImageError as exc:
                 if not self.skip_bad_images:
                     raise
-                cache.append(None)          # decoded (and skipped) at load time, as without a cache
+                self._note_skip(rec.image_path, str(exc.__cause__ or exc))
+                cache.append(None)          # skipped at load time, as without a cache
                 continue
+            if not estimated:               # the size estimate from the first image that decodes
+                if image.width * image.height * 3 * len(self.records) > max_bytes:
+                    return False
+                estimated = True
             cache.append(np.asarray(image))
         self._cache = cache
         return True

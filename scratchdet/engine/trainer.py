@@ -376,6 +376,9 @@ class Trainer:
             else:
                 self.summary = {"iteration": self.iteration, "skipped_steps": self.skipped,
                                 "train_seconds": time.perf_counter() - start}
+                skipped_images = getattr(self.train_set, "skipped", None)   # skip_bad_images=true
+                if skipped_images:   # those this process saw: all of them when the images are cached
+                    self.summary["skipped_images"] = len(skipped_images)
             self._call("after_train", reverse=True)
         finally:
             self._call("teardown", reverse=True)
