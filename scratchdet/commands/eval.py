@@ -38,9 +38,9 @@ def run(args):
     if not args.data and not args.coco_json:
         raise CLIError("give --data (VOC layout) or --coco-images/--coco-json")
     model = load_model(args.weights, device)
-    for key in ("score_threshold", "nms_threshold"):   # the detection settings predict uses by default
-        if getattr(args, key) is not None:
-            model.config[key] = getattr(args, key)
+    # the detection settings predict uses by default (checked: ConfigError names a bad one)
+    model.set_detect_settings(**{key: getattr(args, key) for key in ("score_threshold", "nms_threshold")
+                                 if getattr(args, key) is not None})
     tf = SSDTransform.from_config(model.config, train=False)   # the pixels model.predict sees
     names = getattr(model, "class_names", None)   # so label i means the class the model was trained on
     try:
