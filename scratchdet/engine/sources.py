@@ -85,11 +85,17 @@ class ImageSource(Source):
 
 
 def _cv2():
+    # OpenCV's and FFmpeg's own log lines ("moov atom not found", "can't open camera by index") would
+    # surround the one-line error; the error says what failed. Set these variables to see them.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")     # AV_LOG_QUIET
     try:
         import cv2
     except ImportError:
         raise SourceError("reading videos, cameras and streams needs OpenCV: "
                           "pip install 'scratchdet[video]' (or opencv-python-headless)") from None
+    if os.environ["OPENCV_LOG_LEVEL"] == "OFF":     # in case cv2 was imported before the variable was set
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     return cv2
 
 
