@@ -206,6 +206,29 @@ def test_a_killed_run_leaves_complete_lines(weights, tmp_path):
     assert [r["frame"] for r in records] == list(range(len(records)))
 
 
+def test_http_stream_is_read_through_the_same_decoder(weights, tmp_path):
+    import functools
+    import http.server
+    import threading
+    folder = tmp_path / "served"
+    folder.mkdir()
+    write_video(folder / "clip.mp4", frames=6, size=64)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+    out = tmp_path / "out"
+    try:
+        assert main(["detect", url, "--weights", weights, "--out", str(out), "--save-video", "--batch", "4"]) == 0
+    finally:
+        server.shutdown()
+    records = read_jsonl(out / "detections.jsonl")
+    assert [r["frame"] for r in records] == list(range(6)) and all(r["source"] == url for r in records)
+    stamps = [r["timestamp"] for r in records]       # a live source: seconds since its first frame
+    assert stamps == sorted(stamps) and 0 <= stamps[0] < 1
+    assert (out / "stream_det.mp4").exists()      # cameras and streams: a video only with --save-video
+
+
 def test_runtime_runs_an_exported_detector(weights, tmp_path):
     from scratchdet.models import export
     model = scratchdet.load(weights)

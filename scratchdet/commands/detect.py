@@ -190,8 +190,9 @@ def run(args):
     summary = {}    # detections.json for image-only runs, as earlier versions wrote it
     count, start = 0, time.perf_counter()
     bar = _progress(total)
+    frames = prefetch(sources, maxsize=max(2 * args.batch, 8))
     try:
-        for batch in batched(prefetch(sources, maxsize=max(2 * args.batch, 8)), args.batch):
+        for batch in batched(frames, args.batch):
             for frame, (boxes, scores, labels) in zip(batch, predictor([f.image for f in batch])):
                 keep = scores >= args.score_threshold
                 boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
@@ -216,6 +217,7 @@ def run(args):
     except SourceError as exc:
         raise CLIError(str(exc)) from None
     finally:
+        frames.close()      # stops the decoder thread (an error or Ctrl-C here)
         bar.close()
         videos.close()
         lines.close()
