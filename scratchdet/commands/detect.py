@@ -12,6 +12,8 @@ import json
 import os
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -148,6 +150,42 @@ class _Videos:
         self._open.clear()
 
 
+class _Pictures:
+    """Draws and writes pictures and video frames in one worker thread (in order), so PNG and video
+    encoding overlap the network; at most ``pending`` frames wait, and the worker's errors surface here."""
+
+    def __init__(self, out: str, names: list[str], score_threshold: float, pending: int):
+        self.out, self.names, self.score_threshold, self.pending = out, names, score_threshold, pending
+        self.videos = _Videos(out)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scratchdet-draw")
+        self._futures: deque = deque()
+
+    def submit(self, frame: Frame, source: Source, boxes, scores, labels) -> None:
+        self._futures.append(self._worker.submit(self._draw, frame, source, boxes, scores, labels))
+        while len(self._futures) > self.pending or (self._futures and self._futures[0].done()):
+            self._futures.popleft().result()
+
+    def _draw(self, frame: Frame, source: Source, boxes, scores, labels) -> None:
+        drawn = draw_detections(torch.from_numpy(frame.image).permute(2, 0, 1), boxes, labels, scores,
+                                self.names, self.score_threshold)
+        picture = drawn.permute(1, 2, 0).numpy()
+        if source.is_video:
+            self.videos.write(source, picture)
+        else:
+            target = os.path.join(self.out, frame.output_name + "_det.png")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            Image.fromarray(picture).save(target)
+
+    def close(self) -> None:
+        """Wait for what was submitted (its first error is raised), then close the videos."""
+        try:
+            while self._futures:
+                self._futures.popleft().result()
+        finally:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self.videos.close()
+
+
 def _progress(total: int | None):
     from tqdm import tqdm
     return tqdm(total=total, unit="frame", desc="detect", dynamic_ncols=True, file=sys.stderr,
@@ -186,7 +224,7 @@ def run(args):
     save_videos = {s.name for s in sources if s.is_video and not args.no_save and (not s.is_live or args.save_video)}
 
     lines = _Lines(os.path.join(out, JSONL))
-    videos = _Videos(out)
+    pictures = _Pictures(out, predictor.names, args.score_threshold, pending=max(2 * args.batch, 8))
     summary = {}    # detections.json for image-only runs, as earlier versions wrote it
     count, start = 0, time.perf_counter()
     bar = _progress(total)
@@ -200,15 +238,7 @@ def run(args):
                 lines.write(record)
                 source = by_name[frame.source]
                 if save_images and not source.is_video or frame.source in save_videos:
-                    drawn = draw_detections(torch.from_numpy(frame.image).permute(2, 0, 1), boxes, labels, scores,
-                                            predictor.names, args.score_threshold)
-                    picture = drawn.permute(1, 2, 0).numpy()
-                    if source.is_video:
-                        videos.write(source, picture)
-                    else:
-                        target = os.path.join(out, frame.output_name + "_det.png")
-                        os.makedirs(os.path.dirname(target), exist_ok=True)
-                        Image.fromarray(picture).save(target)
+                    pictures.submit(frame, source, boxes, scores, labels)
                 if only_images:
                     summary[frame.source] = [{"label": n, "score": s, "box": b} for n, s, b in
                                              zip(record["names"], record["scores"], record["boxes"])]
@@ -219,14 +249,14 @@ def run(args):
     finally:
         frames.close()      # stops the decoder thread (an error or Ctrl-C here)
         bar.close()
-        videos.close()
         lines.close()
         for source in sources:
             source.close()
+        pictures.close()
     if only_images:
         with open(os.path.join(out, "detections.json"), "w") as f:
             json.dump(summary, f, indent=2)
     seconds = time.perf_counter() - start
     print(f"{count} frames from {len(sources)} source(s) in {seconds:.1f} s ({count / max(seconds, 1e-9):.1f} frames/s)"
-          f" -> {os.path.join(out, JSONL)}" + "".join(f"\n  video: {p}" for p in videos.written))
+          f" -> {os.path.join(out, JSONL)}" + "".join(f"\n  video: {p}" for p in pictures.videos.written))
     return 0
