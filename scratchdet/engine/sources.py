@@ -9,8 +9,8 @@ decodes in a thread into a bounded queue, so the network never waits on the deco
 
 Video decoder: OpenCV (``opencv-python-headless``, imported only when a video, camera or stream is
 opened). Measured against PyAV (``av``) decoding a generated 640x480 H.264 mp4 (300 frames) to RGB
-arrays, both in one script, two rounds each, on a shared 2-core AMD EPYC (Zen 4, KVM; ``lscpu``):
-OpenCV 5.1.0 638 and 739 frames/s (``VideoCapture.read`` + ``cvtColor`` BGR->RGB, ``setNumThreads(1)``),
+arrays, both in one script, two rounds each, on 2 shared cores of an AMD EPYC (``lscpu``: "AMD EPYC",
+family 25 model 17, KVM guest): OpenCV 5.1.0 638 and 739 frames/s (``VideoCapture.read`` + ``cvtColor`` BGR->RGB, ``setNumThreads(1)``),
 PyAV 18.1.0 198 and 337 frames/s (``decode`` + ``to_ndarray("rgb24")``, threaded decoding). OpenCV
 was about twice as fast, and the same library opens camera indices and rtsp/http streams with an
 open/read timeout and writes the annotated video (``VideoWriter``), so one optional dependency does it all.
