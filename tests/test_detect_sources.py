@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -17,7 +18,9 @@ from PIL import Image
 import scratchdet
 from scratchdet.cli import main
 from scratchdet.commands import detect
+from scratchdet.engine import sources as sources_module
 from scratchdet.models import build_model
+from scratchdet.structures.errors import BadImageError
 
 cv2 = pytest.importorskip("cv2")
 
@@ -304,3 +307,51 @@ def test_bad_image_inside_a_folder_is_one_line(weights, tmp_path, capsys):
     assert main(["detect", str(src), "--weights", weights, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "cannot read image" in err and "b.jpg" in err and "Traceback" not in err
+
+
+class _FakeSource(sources_module.Source):
+    """n frames of 8x8, then optionally an error; counts what it produced."""
+
+    def __init__(self, name, n, error=None):
+        self.name = self.output_name = name
+        self.length, self.n, self.error, self.produced, self.closed = n, n, error, 0, False
+
+    def frames(self):
+        for i in range(self.n):
+            self.produced += 1
+            yield sources_module.Frame(self.name, i, None, np.zeros((8, 8, 3), np.uint8), self.output_name)
+        if self.error:
+            raise self.error
+
+    def close(self):
+        self.closed = True
+
+
+def test_prefetch_keeps_order_batches_and_hands_over_decoder_errors():
+    a, b = _FakeSource("a", 5), _FakeSource("b", 3, error=BadImageError("cannot read image b"))
+    seen = []
+    with pytest.raises(BadImageError, match="cannot read image b"):
+        for batch in sources_module.batched(sources_module.prefetch([a, b], maxsize=2), 3):
+            seen.append([(f.source, f.index) for f in batch])
+    assert seen == [[("a", 0), ("a", 1), ("a", 2)], [("a", 3), ("a", 4), ("b", 0)]]
+    assert a.closed and b.closed
+
+
+def test_prefetch_stops_its_thread_when_the_consumer_stops():
+    source = _FakeSource("long", 10_000)
+    frames = sources_module.prefetch([source], maxsize=4)
+    assert next(frames).index == 0
+    frames.close()
+    produced = source.produced
+    assert produced <= 1 + 4 + 2          # the queue bounds how far the decoder runs ahead
+    time.sleep(0.3)
+    assert source.produced == produced and source.closed
+    assert not any(t.name == "scratchdet-decode" for t in threading.enumerate())
+
+
+def test_output_names_keep_subfolders_and_never_collide(tmp_path):
+    (tmp_path / "a").mkdir()
+    for name in ("a/x.jpg", "x.png", "x.jpg"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    opened = sources_module.open_sources([str(tmp_path), str(tmp_path / "x.png")])
+    assert [s.output_name for s in opened] == ["a/x", "x", "x_1", "x_2"]
