@@ -45,7 +45,8 @@ def register(sub):
     p.add_argument("--score-threshold", type=threshold, default=0.3,
                    help="keep (draw and list) boxes scoring at least this, in [0, 1] (0.3)")
     p.add_argument("--batch", type=_positive_int, default=8, help="frames per network call (8)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="for --weights: cpu, cuda, cuda:1, ... (auto: a GPU if "
+                                                    "there is one); --runtime runs on the CPU")
     p.add_argument("--fast", action="store_true", help="use the fused inference path (scratchdet.FastPredictor)")
     save = p.add_mutually_exclusive_group()
     save.add_argument("--save-video", action="store_true",
@@ -216,12 +217,13 @@ def run(args):
         for source in sources:
             source.close()
         raise
-    by_name = {s.name: s for s in sources}
+    by_output = {s.output_name: s for s in sources}    # unique, unlike names (a file given twice)
     lengths = [s.length for s in sources]
     total = None if any(n is None for n in lengths) else sum(lengths)
     only_images = not any(s.is_video for s in sources)
     save_images = not args.no_save
-    save_videos = {s.name for s in sources if s.is_video and not args.no_save and (not s.is_live or args.save_video)}
+    save_videos = {s.output_name for s in sources
+                   if s.is_video and not args.no_save and (not s.is_live or args.save_video)}
 
     lines = _Lines(os.path.join(out, JSONL))
     pictures = _Pictures(out, predictor.names, args.score_threshold, pending=max(2 * args.batch, 8))
@@ -236,8 +238,8 @@ def run(args):
                 boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
                 record = _record(frame, boxes, scores, labels, predictor)
                 lines.write(record)
-                source = by_name[frame.source]
-                if save_images and not source.is_video or frame.source in save_videos:
+                source = by_output[frame.output_name]
+                if (save_images and not source.is_video) or source.output_name in save_videos:
                     pictures.submit(frame, source, boxes, scores, labels)
                 if only_images:
                     summary[frame.source] = [{"label": n, "score": s, "box": b} for n, s, b in
