@@ -86,6 +86,9 @@ class _Predictor:
                 self._detector = load_runtime(args.runtime)
             except ValueError as exc:
                 raise CLIError(f"--runtime {args.runtime}: {exc}") from None
+            except ImportError as exc:     # onnxruntime (.onnx) or openvino (.xml) is not installed
+                raise CLIError(f"--runtime {args.runtime} needs {exc.name or 'its runtime'}: "
+                               f"pip install {exc.name or 'onnxruntime'}") from None
             self._predict = self._detector.predict
             names = self._detector.class_names
         else:
