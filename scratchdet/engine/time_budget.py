@@ -132,7 +132,7 @@ class TimeBudgetHook(HookBase):
     def _reserve(self, rate: float) -> float:
         """The final evaluation, the final checkpoint and model_final.pt, and a margin."""
         save = self.save_seconds if self.save_seconds is not None else rate
-        return self._eval_seconds(rate) + 2 * save + max(0.02 * self.budget, 2 * rate)
+        return self._eval_seconds(rate) + 2 * save + max(0.02 * self.budget, rate)
 
     def _plan(self, rate: float) -> int:
         cfg, it = self.trainer.cfg, self.trainer.iteration
