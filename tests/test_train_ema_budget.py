@@ -67,7 +67,6 @@ def test_ema_copies_the_buffers_and_leaves_the_model_alone():
         assert torch.equal(getattr(avg_bn, name), getattr(bn, name)), f"{name} is copied, not averaged"
     assert_same_weights(model.state_dict(), before)
     assert not any(p.requires_grad for p in ema.module.parameters())
-    assert not torch.equal(avg_bn.weight, bn.weight) or torch.equal(bn.weight, torch.ones(2))
 
 
 def ema_weights(trainer):
@@ -299,6 +298,7 @@ def _ddp_worker(rank, world, port, root, out_dir, result_dir):
         cleanup(info, finished=finished)
 
 
+@pytest.mark.slow
 def test_ddp_ranks_keep_the_same_average_and_follow_one_plan(synth_root, tmp_path):
     import torch.multiprocessing as mp
 

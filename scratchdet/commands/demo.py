@@ -75,7 +75,8 @@ def run(args):
     ensure_synthetic(cfg.data_root, n_train, n_val, seed=args.seed)
     t_data = time.perf_counter() - t0
 
-    print(f"[2/4] training {cfg.model} from scratch for {cfg.max_iters} iterations (batch {cfg.batch_size}, "
+    length = f"as long as fits in {args.time}" if args.time else f"for {cfg.max_iters} iterations"
+    print(f"[2/4] training {cfg.model} from scratch {length} (batch {cfg.batch_size}, "
           f"lr {cfg.lr}, {torch.get_num_threads()} threads)")
     try:
         trainer = Trainer(cfg, dist_info=init_distributed(pick_device(args.device)))
@@ -90,7 +91,7 @@ def run(args):
 
     print("[3/4] evaluating on the held-out split")
     voc07 = float(summary.get("map", float("nan")))
-    model = trainer.model.eval()
+    model = trainer.evaluation_model().eval()     # the weight EMA with --set ema=true
 
     print("[4/4] drawing detections and training curves")
     val_raw = trainer.val_set

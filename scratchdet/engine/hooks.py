@@ -15,10 +15,12 @@ hooks may extend before the training log writes it. A hook with state returns it
 ``state_dict()`` (plain data: numbers, strings, lists, dicts, tensors): every checkpoint saves
 it under ``state_key`` and ``--resume`` hands it back to ``load_state_dict``.
 
-The default hooks, in order: the LR schedule, the divergence guard, the training log, the
-progress bar, periodic evaluation, then the user's hooks, and the checkpointer last (so a
-checkpoint holds every other hook's state after the step; and, in the reversed ``after_train``,
-the final checkpoint is written before the final evaluation, as a resumed run expects).
+The default hooks, in order: the time budget (``time_budget``, engine/time_budget.py: it plans
+``trainer.horizon``, which the loop and the hooks below follow), the LR schedule, the divergence
+guard, the training log, the progress bar, the weight EMA (``ema``, engine/ema.py), periodic
+evaluation, then the user's hooks, and the checkpointer last (so a checkpoint holds every other
+hook's state after the step; and, in the reversed ``after_train``, the final checkpoint is written
+before the final evaluation, as a resumed run expects).
 """
 from __future__ import annotations
 
