@@ -119,15 +119,16 @@ class TimeBudgetHook(HookBase):
         return tuple(p for p in points if it < p < horizon)
 
     def _eval_seconds(self, rate: float) -> float:
-        """Measured, or before the first evaluation: one training step's time per batch of the
-        validation images (a forward pass is a third of a step; the rest pays for NMS and scoring)."""
+        """Measured, or before the first evaluation: half a training step's time per batch of the
+        validation images (a forward pass is about a third of a step; the rest pays for NMS and
+        scoring)."""
         if self.eval_seconds is not None:
             return self.eval_seconds
         val, cfg = self.trainer.val_set, self.trainer.cfg
         if val is None:
             return 0.0
         images = min(len(val), cfg.eval_max_images or len(val))
-        return rate * math.ceil(images / cfg.batch_size)
+        return 0.5 * rate * math.ceil(images / cfg.batch_size)
 
     def _reserve(self, rate: float) -> float:
         """The final evaluation, the final checkpoint and model_final.pt, and a margin."""
