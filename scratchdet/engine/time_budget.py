@@ -68,12 +68,16 @@ class TimeBudgetHook(HookBase):
         self.replans = 0                      # plans after the first
         self.evals_done = 0                   # periodic evaluations run so far
         self._samples: deque[float] = deque(maxlen=window)
-        self._t_start = self._t_last = 0.0
+        self._t_start: float | None = None    # the clock when this process started training
+        self._t_last = 0.0
         self._steps = 0                       # steps timed in this process
         self._cycle_has: str | None = None    # "eval" / "ckpt": what the after_step hooks of the last step did
 
     # ------------------------------------------------------------------ timing
     def elapsed(self) -> float:
+        """Training seconds of the run so far (earlier processes' included)."""
+        if self._t_start is None:
+            return self.spent_before
         return self.spent_before + self.clock() - self._t_start
 
     def before_train(self) -> None:
@@ -171,12 +175,12 @@ class TimeBudgetHook(HookBase):
         self._t_last = now
         horizon = trainer.horizon.max_iters
         rate = self._measured_rate()
-        if rate is not None and (self.planned is None and len(self._samples) >= self.measure_steps
-                                 or self.planned is not None and self.seconds_per_iter is not None
-                                 and abs(rate / self.seconds_per_iter - 1) > self.replan_change
-                                 or first_eval):
-            if self.planned is not None:
-                self.replans += 1
+        # the first plan once the rate is measured: at the same step on every rank
+        first_plan = self.planned is None and rate is not None and len(self._samples) >= self.measure_steps
+        rate_moved = (self.planned is not None and rate is not None and self.seconds_per_iter is not None
+                      and abs(rate / self.seconds_per_iter - 1) > self.replan_change)
+        if first_plan or rate_moved or (first_eval and self.planned is not None):
+            self.replans += not first_plan
             self.seconds_per_iter = rate
             horizon = self._plan(rate)
         # not one more step fits (a slow-down between plans, or a budget shorter than the measuring)
@@ -184,7 +188,7 @@ class TimeBudgetHook(HookBase):
         if self.elapsed() + latest + self._reserve(latest) > self.budget:
             horizon = trainer.iteration
         horizon = self._agree(horizon)
-        if horizon != trainer.horizon.max_iters:
+        if horizon != trainer.horizon.max_iters or first_plan:
             self._apply(horizon)
         it, every = trainer.iteration, trainer.cfg.ckpt_every
         if it in (trainer.horizon.eval_points or ()) and it < trainer.horizon.max_iters:
@@ -212,6 +216,6 @@ class TimeBudgetHook(HookBase):
         self.spent_before = float(state["spent"])
         self.seconds_per_iter, self.eval_seconds = state["seconds_per_iter"], state["eval_seconds"]
         self.save_seconds, self.replans = state["save_seconds"], int(state["replans"])
-        self.evals_done = int(state["evals_done"])
+        self.evals_done = int(state.get("evals_done", 0))
         if state["planned"] is not None:
             self._apply(int(state["planned"]))
