@@ -106,7 +106,8 @@ def hook_state_key(hook: HookBase) -> str:
 
 class LRScheduleHook(HookBase):
     """Sets the learning rate of the coming step: linear warmup, then multi-step or cosine decay.
-    A function of the iteration alone, so it has no state to save."""
+    A function of the iteration and ``trainer.horizon`` (which a time budget restores with its own
+    state on resume), so it has no state to save."""
 
     def before_step(self) -> None:
         cfg, horizon = self.trainer.cfg, self.trainer.horizon
