@@ -30,6 +30,9 @@ def register(sub):
     p.add_argument("--train", type=int, default=None, help="synthetic training images")
     p.add_argument("--val", type=int, default=None, help="synthetic held-out images")
     p.add_argument("--max-iters", type=int, default=None, help="training iterations")
+    p.add_argument("--time", default=None, metavar="DURATION",
+                   help="a wall-clock budget for the training (e.g. 5m, 1h30m, 90s): as many iterations as fit, "
+                        "the final evaluation included (the training option time_budget)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny data, a few iterations")
     p.add_argument("--device", default="auto")
@@ -59,6 +62,8 @@ def run(args):
                       "eval_every=0", f"ckpt_every={max(1, max_iters // 2)}"]
     if args.quick:
         overrides += ["batch_size=8", "workers=0"]
+    if args.time:
+        overrides.append(f"time_budget={args.time}")
     overrides += list(args.overrides)  # the user's --set wins
     cfg = make_config("demo", overrides)
     if cfg.data_root != data_dir:
@@ -70,7 +75,8 @@ def run(args):
     ensure_synthetic(cfg.data_root, n_train, n_val, seed=args.seed)
     t_data = time.perf_counter() - t0
 
-    print(f"[2/4] training {cfg.model} from scratch for {cfg.max_iters} iterations (batch {cfg.batch_size}, "
+    length = f"as long as fits in {args.time}" if args.time else f"for {cfg.max_iters} iterations"
+    print(f"[2/4] training {cfg.model} from scratch {length} (batch {cfg.batch_size}, "
           f"lr {cfg.lr}, {torch.get_num_threads()} threads)")
     try:
         trainer = Trainer(cfg, dist_info=init_distributed(pick_device(args.device)))
@@ -85,7 +91,7 @@ def run(args):
 
     print("[3/4] evaluating on the held-out split")
     voc07 = float(summary.get("map", float("nan")))
-    model = trainer.model.eval()
+    model = trainer.evaluation_model().eval()     # the weight EMA with --set ema=true
 
     print("[4/4] drawing detections and training curves")
     val_raw = trainer.val_set
@@ -104,6 +110,7 @@ def run(args):
         "data_seconds": round(t_data, 1),
         "train_seconds": round(summary.get("train_seconds", 0.0), 1),
         "iterations": summary["iteration"],
+        "time_budget": summary.get("time_budget"),     # the budget and how many iterations fitted
         "skipped_steps": summary.get("skipped_steps", 0),
         "model": cfg.model,
         "parameters": sum(p.numel() for p in model.parameters()),

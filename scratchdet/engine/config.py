@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 from ..models.registry import resolve_config
@@ -65,6 +66,20 @@ class TrainConfig:
     out_dir: str = "runs/train"
     eval_max_images: int = 0             # 0: the whole val split
     augment: dict = field(default_factory=dict)  # SSDTransform options, e.g. {"max_expand": 2.0}
+    # weight EMA (engine/ema.py): evaluation, best_model.pt and model_final.pt use the average.
+    # decay_t = ema_decay * (1 - exp(-t / ema_warmup)) after t updates, so the averaging window,
+    # about 1 / (1 - decay_t) steps, grows roughly as exp(t / ema_warmup) up to 1 / (1 - ema_decay).
+    # The defaults suit short runs (hundreds to a few thousand iterations: the demo, time budgets):
+    # the window at the end is then some 5-15% of the run; 0.9998 / 2000 (a 5000-step window)
+    # would freeze the average on the early weights of such a run. For ~100k iterations use those.
+    ema: bool = False
+    ema_decay: float = 0.999
+    ema_warmup: float = 200.0            # iterations; 0: no ramp
+    # a wall-clock budget for the run ("10m", "1h30m", "90s", or seconds; "": none): the run lays
+    # its length out to end within it, final evaluation and saving included (engine/time_budget.py);
+    # max_iters then only gives the schedule's shape (warm-up and evaluation points keep their
+    # fraction of it)
+    time_budget: str = ""
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -145,6 +160,31 @@ def make_config(preset: str | None = None, overrides: list[str] | dict | None = 
     return cfg
 
 
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)h)?(?:(\d+(?:\.\d*)?|\.\d+)m)?(?:(\d+(?:\.\d*)?|\.\d+)s)?")
+
+
+def parse_duration(value, name: str = "time_budget") -> float | None:
+    """Seconds of ``value``: "10m", "1h30m", "90s", "1.5h", plain seconds ("600", 600); None for "".
+    A ConfigError for anything else, NaN, infinite or <= 0."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    how = f'use e.g. {name}=10m, 1h30m, 90s or 600 (seconds)'
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{name} must be a duration, got {value!r}; {how}")
+    text = str(value).strip().lower()
+    try:
+        seconds = float(text)
+    except ValueError:
+        match = _DURATION.fullmatch(text.replace(" ", ""))
+        if not match or not any(match.groups()):
+            raise ConfigError(f"{name}: cannot read {value!r} as a duration; {how}") from None
+        h, m, s = (float(g) if g else 0.0 for g in match.groups())
+        seconds = 3600 * h + 60 * m + s
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{name} must be a finite duration > 0, got {value!r}; {how}")
+    return seconds
+
+
 def _non_finite(value, name: str) -> tuple[str, float] | None:
     """``(name, value)`` of the first NaN or infinite float in ``value`` (a number, or a tuple or dict of
     them, nested), or None."""
@@ -191,6 +231,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"workers must be >= 0, or -1 for auto, got {cfg.workers}")
     if cfg.keep_last < 1:
         raise ConfigError(f"keep_last must be >= 1, got {cfg.keep_last}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ConfigError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    if cfg.ema_warmup < 0:
+        raise ConfigError(f"ema_warmup must be >= 0 (iterations; 0: no ramp), got {cfg.ema_warmup}")
+    parse_duration(cfg.time_budget)
     try:  # a typo in the model or its overrides fails here, not after the data set is built
         resolve_config(cfg.model, **cfg.model_overrides)
     except (ValueError, TypeError) as exc:

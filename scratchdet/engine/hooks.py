@@ -15,15 +15,18 @@ hooks may extend before the training log writes it. A hook with state returns it
 ``state_dict()`` (plain data: numbers, strings, lists, dicts, tensors): every checkpoint saves
 it under ``state_key`` and ``--resume`` hands it back to ``load_state_dict``.
 
-The default hooks, in order: the LR schedule, the divergence guard, the training log, the
-progress bar, periodic evaluation, then the user's hooks, and the checkpointer last (so a
-checkpoint holds every other hook's state after the step; and, in the reversed ``after_train``,
-the final checkpoint is written before the final evaluation, as a resumed run expects).
+The default hooks, in order: the time budget (``time_budget``, engine/time_budget.py: it plans
+``trainer.horizon``, which the loop and the hooks below follow), the LR schedule, the divergence
+guard, the training log, the progress bar, the weight EMA (``ema``, engine/ema.py), periodic
+evaluation, then the user's hooks, and the checkpointer last (so a checkpoint holds every other
+hook's state after the step; and, in the reversed ``after_train``, the final checkpoint is written
+before the final evaluation, as a resumed run expects).
 """
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..evaluation.evaluate import evaluate_model
@@ -38,8 +41,19 @@ from .training_log import GradFluctuation
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["HookBase", "LRScheduleHook", "NonFiniteGuard", "NonFiniteTrainingError", "TrainingLogHook",
+__all__ = ["Horizon", "HookBase", "LRScheduleHook", "NonFiniteGuard", "NonFiniteTrainingError", "TrainingLogHook",
            "ProgressHook", "EvaluationHook", "CheckpointHook", "hook_state_key", "has_state"]
+
+
+@dataclass
+class Horizon:
+    """The run's length, where its warm-up ends and its periodic evaluations, which the loop and the
+    hooks follow: the config's (``eval_points`` None: every ``eval_every``), or what a
+    ``TimeBudgetHook`` planned."""
+
+    max_iters: int
+    warmup_iters: int
+    eval_points: tuple[int, ...] | None = None
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -92,11 +106,12 @@ def hook_state_key(hook: HookBase) -> str:
 
 class LRScheduleHook(HookBase):
     """Sets the learning rate of the coming step: linear warmup, then multi-step or cosine decay.
-    A function of the iteration alone, so it has no state to save."""
+    A function of the iteration and ``trainer.horizon`` (which a time budget restores with its own
+    state on resume), so it has no state to save."""
 
     def before_step(self) -> None:
-        cfg = self.trainer.cfg
-        lr = cfg.lr * lr_factor(self.trainer.iteration, cfg.max_iters, cfg.warmup_iters, cfg.warmup_factor,
+        cfg, horizon = self.trainer.cfg, self.trainer.horizon
+        lr = cfg.lr * lr_factor(self.trainer.iteration, horizon.max_iters, horizon.warmup_iters, cfg.warmup_factor,
                                 cfg.schedule, cfg.milestones, cfg.gamma)
         for group in self.trainer.optimizer.param_groups:
             group["lr"] = lr
@@ -156,7 +171,7 @@ class TrainingLogHook(HookBase):
         rec["images_per_s"] = self._images / max(now - self._t_last, 1e-9)
         if trainer.dist.is_main:
             trainer.training_log.write(rec)
-        if trainer.iteration % self.log_every == 0 or trainer.iteration == trainer.cfg.max_iters:
+        if trainer.iteration % self.log_every == 0 or trainer.iteration == trainer.horizon.max_iters:
             self._t_last, self._images = now, 0
 
     def state_dict(self) -> dict:
@@ -176,12 +191,14 @@ class ProgressHook(HookBase):
     def before_train(self) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=self.trainer.cfg.max_iters, initial=self.trainer.iteration, disable=not self.enabled,
+        self.bar = tqdm(total=self.trainer.horizon.max_iters, initial=self.trainer.iteration, disable=not self.enabled,
                         dynamic_ncols=True, desc="train", unit="it")
 
     def after_step(self) -> None:
-        it, rec = self.trainer.iteration, self.trainer.step_record
-        if it % self.log_every == 0 or it == self.trainer.cfg.max_iters:
+        it, rec, total = self.trainer.iteration, self.trainer.step_record, self.trainer.horizon.max_iters
+        if self.bar.total != total:          # a time budget re-planned the run
+            self.bar.total = total
+        if it % self.log_every == 0 or it == total:
             self.bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.4g}",
                                  img_s=f"{rec['images_per_s']:.1f}", refresh=False)
         self.bar.update(1)
@@ -210,7 +227,8 @@ class EvaluationHook(HookBase):
         result = {}
         trainer.sync_buffers()
         if trainer.dist.is_main and trainer.val_set is not None:
-            result = evaluate_model(trainer.model, trainer.val_set, batch_size=cfg.batch_size, device=trainer.device,
+            model = trainer.evaluation_model()      # the weight EMA when it is on
+            result = evaluate_model(model, trainer.val_set, batch_size=cfg.batch_size, device=trainer.device,
                                     max_images=cfg.eval_max_images, workers=trainer.workers,
                                     memory_format=trainer.memory_format)
             self.history.append((trainer.iteration, result["map"]))
@@ -220,13 +238,15 @@ class EvaluationHook(HookBase):
             trainer.training_log.write(record)
             if result["map"] > self.best_map:
                 self.best_map = result["map"]
-                save_model(trainer.model, os.path.join(cfg.out_dir, "best_model.pt"))
+                save_model(model, os.path.join(cfg.out_dir, "best_model.pt"))
         barrier(trainer.dist)
         return result
 
     def after_step(self) -> None:
-        it = self.trainer.iteration
-        if self.eval_every and it % self.eval_every == 0 and it < self.trainer.cfg.max_iters:
+        it, horizon = self.trainer.iteration, self.trainer.horizon
+        due = it in horizon.eval_points if horizon.eval_points is not None else \
+            self.eval_every and it % self.eval_every == 0
+        if due and it < horizon.max_iters:
             result = self.evaluate()
             if result:
                 from tqdm import tqdm
@@ -298,4 +318,4 @@ class CheckpointHook(HookBase):
             print(f"interrupted at iteration {trainer.iteration}; checkpoint saved in {trainer.cfg.out_dir} "
                   f"(resume with --resume)")
         elif trainer.finished:
-            save_model(trainer.model, os.path.join(trainer.cfg.out_dir, "model_final.pt"))
+            save_model(trainer.evaluation_model(), os.path.join(trainer.cfg.out_dir, "model_final.pt"))

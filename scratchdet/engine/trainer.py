@@ -24,12 +24,14 @@ from ..models.layers import is_norm, use_fused_batch_norm
 from ..models.config import DETECT_DEFAULTS, SSDConfig
 from ..structures.errors import CheckpointError, ConfigError
 from .checkpoint import load_checkpoint, load_newest_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, parse_duration
 from .data_setup import build_datasets
 from .distributed import DistInfo, broadcast_flag, init_distributed
-from .hooks import (CheckpointHook, EvaluationHook, HookBase, LRScheduleHook, NonFiniteGuard, NonFiniteTrainingError,
-                    ProgressHook, TrainingLogHook, has_state, hook_state_key)
+from .ema import EMAHook
+from .hooks import (CheckpointHook, EvaluationHook, HookBase, Horizon, LRScheduleHook, NonFiniteGuard,
+                    NonFiniteTrainingError, ProgressHook, TrainingLogHook, has_state, hook_state_key)
 from .sampler import ResumableBatchSampler
+from .time_budget import TimeBudgetHook
 from .train_state import TrainState
 from .training_log import JSONLWriter
 
@@ -50,7 +52,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_bn_bias: 
 
 
 class Trainer:
-    """Trains ``cfg`` to ``cfg.max_iters``; ``hooks`` are the user's, run after the default hooks
+    """Trains ``cfg`` to ``cfg.max_iters`` (or, with ``time_budget``, as far as fits: ``horizon``); ``hooks`` are the user's, run after the default hooks
     (and before the checkpointer, so checkpoints hold their state)."""
 
     def __init__(self, cfg: TrainConfig, dist_info: DistInfo | None = None, device: str | None = None,
@@ -82,6 +84,7 @@ class Trainer:
         self._persistent_loader = None
         self.training_log = JSONLWriter(os.path.join(cfg.out_dir, "metrics.jsonl"))
         self.hooks: list[HookBase] = []
+        self.horizon = Horizon(cfg.max_iters, cfg.warmup_iters)   # a TimeBudgetHook re-plans it
         meta = {"model_config": self.model.config.to_dict(), "classes": list(self.classes)}   # plain data: weights_only
         self.state = TrainState(self.model, self.optimizer, self.scaler, self.hooks,
                                 describe=lambda config=cfg: {**meta, "train_config": config.to_dict()})
@@ -108,8 +111,12 @@ class Trainer:
 
     def default_hooks(self) -> list[HookBase]:
         cfg = self.cfg
-        return [LRScheduleHook(), NonFiniteGuard(cfg.max_bad_steps), TrainingLogHook(cfg.log_every),
-                ProgressHook(self.progress, cfg.log_every), EvaluationHook(cfg.eval_every),
+        budget = parse_duration(cfg.time_budget)
+        # the budget first: it times each step before the other hooks' after_step (evaluation,
+        # checkpoints) run; the EMA before the evaluation and the checkpointer that use it
+        return [*([TimeBudgetHook(budget)] if budget else []), LRScheduleHook(), NonFiniteGuard(cfg.max_bad_steps),
+                TrainingLogHook(cfg.log_every), ProgressHook(self.progress, cfg.log_every),
+                *([EMAHook(cfg.ema_decay, cfg.ema_warmup)] if cfg.ema else []), EvaluationHook(cfg.eval_every),
                 CheckpointHook(cfg.ckpt_every, cfg.keep_last)]
 
     def register_hooks(self, hooks: Iterable[HookBase]) -> None:
@@ -198,7 +205,13 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        return self.state.iteration >= self.cfg.max_iters
+        return self.state.iteration >= self.horizon.max_iters
+
+    def evaluation_model(self) -> torch.nn.Module:
+        """The weights evaluation and the saved models use: the EMA's when an EMAHook runs (its
+        buffers the model's, synced over ranks), else the model."""
+        ema = next((h for h in self.hooks if isinstance(h, EMAHook)), None)
+        return ema.averaged_model() if ema is not None else self.model
 
     def state_dict(self) -> dict:
         """What a checkpoint holds (:class:`TrainState`)."""
@@ -341,7 +354,7 @@ class Trainer:
 
     def _run_steps(self, stop_after: int | None) -> None:
         state, steps_this_call = self.state, 0
-        while state.iteration < self.cfg.max_iters:
+        while state.iteration < self.horizon.max_iters:
             for images, targets, _ in self._loader():
                 self._call("before_step")
                 self.step_record = self._step(images, targets)
@@ -357,11 +370,11 @@ class Trainer:
                 wants_stop = self._stop_signal is not None or (stop_after is not None and steps_this_call >= stop_after)
                 if broadcast_flag(wants_stop, self.dist):
                     return
-                if state.iteration >= self.cfg.max_iters:
+                if state.iteration >= self.horizon.max_iters:
                     break
 
     def train(self, resume: str | bool | None = None, stop_after: int | None = None) -> dict:
-        """Train to cfg.max_iters. `stop_after` ends this call early after that many steps (tests, demos)."""
+        """Train to cfg.max_iters (or as far as the time budget allows). `stop_after` ends this call early after that many steps (tests, demos)."""
         if resume:
             self.resume(resume)
         if self.dist.is_main:
