@@ -257,7 +257,7 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
     scratchdet.save(demo_model(), weights)
     assert main(["export", "--weights", str(weights), "--out", str(tmp_path / "o"), "--top-k", "0"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "top_k and keep_top_k must be >= 1" in err
+    assert err.count("\n") == 1 and "top_k must be a whole number >= 1, got 0" in err
 
 
 BLOCK_TORCH = """
