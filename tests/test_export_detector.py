@@ -253,6 +253,8 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys):
     assert "drop --no-nms" in capsys.readouterr().err
     assert main(["export", "--weights", "x.pt", "--out", str(tmp_path), "--opset", "17"]) == 2
     assert "needs opset >= 18" in capsys.readouterr().err
+    assert main(["export", "--weights", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "never")]) == 2
+    assert "weights file not found" in capsys.readouterr().err and not (tmp_path / "never").exists()
     weights = tmp_path / "w.pt"
     scratchdet.save(demo_model(), weights)
     assert main(["export", "--weights", str(weights), "--out", str(tmp_path / "o"), "--top-k", "0"]) == 2

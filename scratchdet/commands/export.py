@@ -60,8 +60,8 @@ def run(args):
         raise CLIError(f"--opset {args.opset}: the whole detector needs opset >= 18 (or export --no-nms)")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model = load_model(args.weights, "cpu")     # a bad weights file is refused before --out is made
     out = writable_dir(args.out)
-    model = load_model(args.weights, "cpu")
     overrides = dict(score_threshold=args.score_threshold, nms_threshold=args.nms_threshold, top_k=args.top_k,
                      keep_top_k=args.keep_top_k)
     if args.nms:
