@@ -137,3 +137,50 @@ def test_generate_rejects_bad_arguments(tmp_path):
         synth.generate(tmp_path / "a", -1, 2)
     with pytest.raises(ValueError, match="at least 32"):
         synth.generate(tmp_path / "a", 1, 1, image_size=16)
+
+
+def _boxes(pixels_objects):
+    return np.array([o["box"] for o in pixels_objects[1]], float).reshape(-1, 4)
+
+
+def test_statistics_options_shape_the_objects():
+    """object_size, aspect, objects and tiny: the boxes follow them (object sizes are the unstretched
+    shape's, so a visible box can be smaller when cut or occluded, never much larger)."""
+    sizes, counts, ratios = [], [], []
+    for n in range(12):
+        result = synth.render_image(4, 0, n, 512, object_size=(10, 20), objects=(6, 9), tiny=0)
+        b = _boxes(result)
+        counts.append(len(b))
+        sizes += list(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]))
+        elongated = synth.render_image(4, 0, n, 256, aspect=(4, 6), object_size=(40, 60))
+        e = _boxes(elongated)
+        w, h = e[:, 2] - e[:, 0], e[:, 3] - e[:, 1]
+        ratios += list(np.maximum(w, h) / np.minimum(w, h))
+    assert max(sizes) <= 20 * 1.1 and np.median(sizes) >= 9
+    assert 6 <= np.mean(counts) <= 9 and max(counts) <= 9
+    assert np.median(ratios) >= 3.0  # occlusion and borders cut some, most stay elongated
+
+
+def test_default_statistics_unchanged_by_the_new_options():
+    a = synth.render_image(7, 1, 3, 128)
+    b = synth.render_image(7, 1, 3, 128, object_size=None, aspect=None, objects=None, tiny=synth.TINY)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--aspect", "0.5:2"], "--aspect must satisfy 1.0 <= low <= high"),
+    (["--object-size", "10:5"], "--object-size must satisfy"),
+    (["--object-size", "10:900", "--size", "128"], "does not fit in 128 px images"),
+    (["--tiny", "nan"], "--tiny must be a size in px >= 0"),
+    (["--objects", "3:a"], "expected LOW:HIGH numbers"),
+])
+def test_cli_statistics_errors_one_line(tmp_path, capsys, flags, message):
+    out = tmp_path / "never"
+    try:
+        status = cli.main(["synth", "--out", str(out), "--train", "2", "--val", "1", *flags])
+    except SystemExit as exc:  # argparse's own check
+        status = exc.code
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+    assert not out.exists()

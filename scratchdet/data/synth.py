@@ -19,6 +19,12 @@ not objects. Boxes cover the visible part. An object is ``difficult`` when it is
 tiny or less than 60% visible. Everything is drawn from
 ``numpy.random.default_rng((seed, split, n))``, so a seed fixes the data set
 whatever the worker count, and the train images do not depend on ``num_val``.
+
+Other statistics, for data sets unlike the demo's (``generate(..., object_size=(6, 40),
+aspect=(4, 6), objects=(20, 40), tiny=0)``, ``scratchdet synth --object-size 6:40 --aspect 4:6``):
+sizes drawn log-uniformly from a range in px, objects stretched to an aspect ratio along x or y,
+more objects per image, and a different "tiny, so difficult" size. Left at their defaults the
+files are byte-identical to those earlier versions wrote.
 """
 from __future__ import annotations
 
@@ -61,24 +67,31 @@ def _shape_polygons(name, r, angle):
     raise ValueError(name)
 
 
-def _render_mask(name, cx, cy, r, angle):
-    """Anti-aliased alpha mask of the shape: (x0, y0, float32 [h, w] in 0..1)."""
-    x0, y0 = math.floor(cx - r) - 1, math.floor(cy - r) - 1
-    side = math.ceil(cx + r) + 2 - x0
-    side = max(side, math.ceil(cy + r) + 2 - y0)
+def _render_mask(name, cx, cy, r, angle, stretch=(1.0, 1.0)):
+    """Anti-aliased alpha mask of the shape, scaled by ``stretch`` = (sx, sy) after rotation:
+    (x0, y0, float32 [h, w] in 0..1)."""
+    sx, sy = stretch
+    rx, ry = r * sx, r * sy
+    x0, y0 = math.floor(cx - rx) - 1, math.floor(cy - ry) - 1
+    if sx == sy == 1.0:  # the original square window (keeps the default data set byte-identical)
+        side = math.ceil(cx + r) + 2 - x0
+        side = max(side, math.ceil(cy + r) + 2 - y0)
+        width = height = side
+    else:
+        width, height = math.ceil(cx + rx) + 2 - x0, math.ceil(cy + ry) + 2 - y0
     k = _SUPERSAMPLE
-    mask = Image.new("L", (side * k, side * k), 0)
+    mask = Image.new("L", (width * k, height * k), 0)
     draw = ImageDraw.Draw(mask)
     ox, oy = (cx - x0) * k, (cy - y0) * k
     if name in ("circle", "ring"):
-        draw.ellipse([ox - r * k, oy - r * k, ox + r * k, oy + r * k], fill=255)
+        draw.ellipse([ox - rx * k, oy - ry * k, ox + rx * k, oy + ry * k], fill=255)
         if name == "ring":
-            hole = r * 0.55 * k
-            draw.ellipse([ox - hole, oy - hole, ox + hole, oy + hole], fill=0)
+            hx, hy = rx * 0.55 * k, ry * 0.55 * k
+            draw.ellipse([ox - hx, oy - hy, ox + hx, oy + hy], fill=0)
     else:
         for pts, fill in _shape_polygons(name, r, angle):
-            draw.polygon([(ox + x * k, oy + y * k) for x, y in pts], fill=fill)
-    small = mask.resize((side, side), Image.BOX)
+            draw.polygon([(ox + x * sx * k, oy + y * sy * k) for x, y in pts], fill=fill)
+    small = mask.resize((width, height), Image.BOX)
     return x0, y0, np.asarray(small, np.float32) / 255.0
 
 
@@ -145,26 +158,48 @@ def _texture(rng, colour, h, w):
     return colour * (1 - t) + other * t
 
 
-def _object_size(rng, s):
+def _object_size(rng, s, size_range=None):
+    if size_range is not None:
+        low, high = size_range
+        return math.exp(rng.uniform(math.log(low), math.log(high)))
     if rng.random() < 0.1:
         return rng.uniform(8, TINY)
     return math.exp(rng.uniform(math.log(16), math.log(0.55 * s)))
 
 
-def render_image(seed, split_index, n, image_size=DEFAULT_IMAGE_SIZE):
-    """One image and its objects: (uint8 [s, s, 3], list of dicts with label, box, difficult, area)."""
+def _stretch(rng, aspect):
+    """(sx, sy) for an object of aspect ratio drawn log-uniformly from ``aspect`` = (lo, hi) (>= 1),
+    lying along x or y with equal odds; the area stays that of the unstretched shape."""
+    if aspect is None:
+        return 1.0, 1.0
+    ratio = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
+    long, short = math.sqrt(ratio), 1 / math.sqrt(ratio)
+    return (long, short) if rng.random() < 0.5 else (short, long)
+
+
+def render_image(seed, split_index, n, image_size=DEFAULT_IMAGE_SIZE, object_size=None, aspect=None,
+                 objects=None, tiny=TINY):
+    """One image and its objects: (uint8 [s, s, 3], list of dicts with label, box, difficult, area).
+
+    ``object_size`` = (min, max) px draws sizes log-uniformly in that range (default: the demo's
+    mix, see the module docstring); ``aspect`` = (lo, hi) stretches each object to an aspect ratio
+    in that range (default: the shapes' own, about 1); ``objects`` = (lo, hi) objects per image
+    (default (1, 5)); objects whose longest side is under ``tiny`` px are difficult. With every
+    option at its default the image is the one earlier versions wrote."""
     rng = np.random.default_rng((int(seed), split_index, n))
     s = image_size
     img = _clutter(rng, _background(rng, s))
     owner = np.full((s, s), -1, np.int32)
     placed = []  # (label, full pixel count)
-    for _ in range(int(rng.integers(1, 6))):
+    low, high = objects if objects is not None else (1, 5)
+    for _ in range(int(rng.integers(low, high + 1))):
         label = int(rng.integers(len(CLASSES)))
-        size = _object_size(rng, s)
+        size = _object_size(rng, s, object_size)
         r = size / 2
+        stretch = _stretch(rng, aspect)
         for _attempt in range(10):
             cx, cy = rng.uniform(0.3 * size, s - 0.3 * size, 2)  # up to ~20% may fall off the border
-            x0, y0, alpha = _render_mask(CLASSES[label], cx, cy, r, rng.uniform(0, 2 * np.pi))
+            x0, y0, alpha = _render_mask(CLASSES[label], cx, cy, r, rng.uniform(0, 2 * np.pi), stretch)
             solid = alpha > 0.5
             # the image window of the mask
             ix0, iy0 = max(x0, 0), max(y0, 0)
@@ -200,7 +235,7 @@ def render_image(seed, split_index, n, image_size=DEFAULT_IMAGE_SIZE):
             continue
         x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
         visible = len(xs) / max(full, 1)
-        difficult = max(x2 - x1, y2 - y1) < TINY or visible < MIN_VISIBLE
+        difficult = max(x2 - x1, y2 - y1) < tiny or visible < MIN_VISIBLE
         objects.append({"label": label + 1, "box": (x1, y1, x2, y2), "difficult": bool(difficult),
                         "area": int(len(xs))})
     return np.clip(img, 0, 255).astype(np.uint8), objects
@@ -221,12 +256,12 @@ def _voc_xml(image_name, s, objects):
 
 
 def _write_chunk(args):
-    out_dir, seed, split_index, indices, image_size = args
+    out_dir, seed, split_index, indices, image_size, options = args
     split = SPLITS[split_index]
     results = []
     for n in indices:
         name = f"{split}_{n:06d}"
-        pixels, objects = render_image(seed, split_index, n, image_size)
+        pixels, objects = render_image(seed, split_index, n, image_size, **options)
         Image.fromarray(pixels).save(os.path.join(out_dir, "JPEGImages", name + ".jpg"), quality=92)
         with open(os.path.join(out_dir, "Annotations", name + ".xml"), "w", encoding="utf-8") as f:
             f.write(_voc_xml(name + ".jpg", image_size, objects))
@@ -251,8 +286,26 @@ def _coco_json(split, image_size, rows):
 _OUTPUTS = ("JPEGImages", "Annotations", "ImageSets", "annotations", "classes.txt", "synth.json")
 
 
-def generate(out_dir, num_train, num_val, seed=0, image_size=DEFAULT_IMAGE_SIZE, workers=1, overwrite=False):
+def _check_range(name, value, lowest, kind=float):
+    """``None`` or a (lo, hi) pair with lowest <= lo <= hi, both finite."""
+    if value is None:
+        return None
+    try:
+        low, high = (kind(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (low, high), got {value!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and lowest <= low <= high):
+        raise ValueError(f"{name} must satisfy {lowest} <= low <= high, got ({low}, {high})")
+    return low, high
+
+
+def generate(out_dir, num_train, num_val, seed=0, image_size=DEFAULT_IMAGE_SIZE, workers=1, overwrite=False,
+             object_size=None, aspect=None, objects=None, tiny=TINY):
     """Write the synthetic data set (see the module docstring). Returns a dict of paths and counts.
+
+    ``object_size`` (min, max px), ``aspect`` (lo, hi >= 1), ``objects`` (per image) and ``tiny``
+    change the statistics as :func:`render_image` says; left at their defaults the data set is the
+    demo's.
 
     ``workers`` > 1 renders in that many processes (same output). An existing
     non-empty ``out_dir`` is an error unless ``overwrite=True``, which replaces
@@ -264,6 +317,15 @@ def generate(out_dir, num_train, num_val, seed=0, image_size=DEFAULT_IMAGE_SIZE,
                          f"(train={num_train}, val={num_val})")
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 px, got {image_size}")
+    options = {"object_size": _check_range("object_size", object_size, 2.0),
+               "aspect": _check_range("aspect", aspect, 1.0),
+               "objects": _check_range("objects", objects, 0, int), "tiny": float(tiny)}
+    if options["object_size"] is not None and options["object_size"][1] > image_size:
+        raise ValueError(f"object_size {options['object_size']} does not fit in {image_size} px images")
+    if options["objects"] is not None and options["objects"][1] > 500:
+        raise ValueError(f"objects per image must be at most 500, got {options['objects'][1]}")
+    if not (math.isfinite(options["tiny"]) and options["tiny"] >= 0):
+        raise ValueError(f"tiny must be a size in px >= 0, got {tiny}")
     out_dir = os.fspath(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         if not overwrite:
@@ -282,7 +344,8 @@ def generate(out_dir, num_train, num_val, seed=0, image_size=DEFAULT_IMAGE_SIZE,
     for split_index, split in enumerate(SPLITS):
         ids = list(range(counts[split]))
         chunk = max(1, math.ceil(len(ids) / max(1, workers * 4)))
-        jobs += [(out_dir, seed, split_index, ids[i:i + chunk], image_size) for i in range(0, len(ids), chunk)]
+        jobs += [(out_dir, seed, split_index, ids[i:i + chunk], image_size, options)
+                 for i in range(0, len(ids), chunk)]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_write_chunk, jobs))
@@ -304,6 +367,7 @@ def generate(out_dir, num_train, num_val, seed=0, image_size=DEFAULT_IMAGE_SIZE,
         f.writelines(c + "\n" for c in CLASSES)
     params = {"num_train": num_train, "num_val": num_val, "seed": seed, "image_size": image_size,
               "classes": list(CLASSES)}
+    params.update({k: v for k, v in options.items() if v is not None and not (k == "tiny" and v == TINY)})
     with open(os.path.join(out_dir, "synth.json"), "w") as f:
         json.dump(params, f, indent=1)
     objects = {split: sum(len(o) for _, _, o in rows[split]) for split in SPLITS}
