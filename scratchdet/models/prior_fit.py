@@ -15,7 +15,7 @@ so the head shapes stay the same) and changes only one location's shapes per sou
 2. per source, k-means on the boxes' (w, h) with the distance 1 - IoU of centred boxes
    (``scratchdet.ops.box_iou``), k = priors per location, started from that source's SSD shapes
    (so it is deterministic: no random seeding), centroids the mean (w, h) of their boxes, an
-   empty cluster keeping its shape; a source with fewer boxes than k keeps its shapes;
+   empty cluster moved to the worst-covered box; a source with fewer boxes than k keeps its shapes;
 3. the refit is kept only if it raises the BPR (as YOLOv5's autoanchor keeps new anchors only
    when they are better).
 
@@ -96,12 +96,23 @@ def assign_to_sources(wh: torch.Tensor, source_shapes: Sequence[Sequence[tuple[f
 
 def kmeans_shapes(wh: torch.Tensor, init: torch.Tensor, max_iters: int = 100) -> torch.Tensor:
     """k-means of (w, h) ``[N, 2]`` with the distance 1 - IoU (centred boxes), from the centroids
-    ``init`` ``[K, 2]``; a centroid is the mean (w, h) of its boxes, an empty one keeps its place.
+    ``init`` ``[K, 2]``; a centroid is the mean (w, h) of its boxes. A centroid left without boxes
+    moves to the box worst covered by the others (the lowest best IoU), so no prior is wasted.
     Deterministic (no random start); stops when no box changes cluster."""
     wh, centroids = wh.float(), init.float().clone()
     assigned = None
     for _ in range(max_iters):
-        nearest = box_iou(_centred(wh), _centred(centroids)).argmax(1)   # ties: the lowest index
+        iou = box_iou(_centred(wh), _centred(centroids))
+        nearest = iou.argmax(1)                                    # ties: the lowest index
+        counts = torch.bincount(nearest, minlength=len(centroids))
+        for k in torch.nonzero(counts == 0).flatten().tolist():
+            if len(wh) <= int((counts > 0).sum()):
+                break
+            worst = int(iou.amax(1).argmin())                      # ties: the lowest index
+            centroids[k] = wh[worst]
+            iou = box_iou(_centred(wh), _centred(centroids))
+            nearest = iou.argmax(1)
+            counts = torch.bincount(nearest, minlength=len(centroids))
         if assigned is not None and torch.equal(nearest, assigned):
             break
         assigned = nearest
