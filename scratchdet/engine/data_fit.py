@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..data import SSDTransform
-from ..models.prior_fit import prior_recall, refit_priors
+from ..models.prior_fit import LOW_IOU, prior_recall, refit_priors
 from ..models.priors import source_prior_shapes
 from ..structures.errors import BadImageError
 from ..structures.image import as_hw, read_image_size
@@ -135,7 +135,9 @@ def check_priors(model, annotations: Annotations | None, mode: str, threshold: f
     fit = refit_priors(boxes, shapes, model.config.image_size, model.feature_sizes, iou, model.config.clip_priors)
     report.update(after=fit.after.to_dict(), refit=fit.accepted)
     verdict = "fitted priors used" if fit.accepted else "no better: SSD's priors kept"
-    log(f"priors: refit per source (k-means, 1 - IoU) {before.line()} -> {fit.after.line()}: {verdict}")
+    log(f"priors: refit per source (k-means, 1 - IoU): recall {before.recall:.2f} -> {fit.after.recall:.2f} at "
+        f"IoU {iou:g}, boxes best IoU < {LOW_IOU:g} {100 * before.low_iou_share:.0f}% -> "
+        f"{100 * fit.after.low_iou_share:.0f}%: {verdict}")
     return report, (fit.flat_shapes() if fit.accepted else None)
 
 
