@@ -396,11 +396,10 @@ class Trainer:
                 self.summary = {"iteration": self.iteration, "interrupted": True}
             else:
                 self.summary = {"iteration": self.iteration, "skipped_steps": self.skipped,
-                                "train_seconds": time.perf_counter() - start}
+                                "train_seconds": time.perf_counter() - start, "data_fit": self.data_fit}
                 skipped_images = getattr(self.train_set, "skipped", None)   # skip_bad_images=true
                 if skipped_images:   # those this process saw: all of them when the images are cached
                     self.summary["skipped_images"] = len(skipped_images)
-            self.summary["data_fit"] = self.data_fit
             self._call("after_train", reverse=True)
         finally:
             self._call("teardown", reverse=True)
