@@ -80,6 +80,14 @@ class TrainConfig:
     # max_iters then only gives the schedule's shape (warm-up and evaluation points keep their
     # fraction of it)
     time_budget: str = ""
+    # fitting to the data at the start (engine/data_fit.py, docs/TRAINING.md). The priors' best
+    # possible recall over the training boxes is always printed; priors "auto" refits their shapes
+    # per source (k-means, 1 - IoU) when it is under prior_recall_threshold, saved in model.config.
+    # image_size "auto": the smallest multiple of 32 keeping the 5th-percentile object >= 8 px, at
+    # most the images' median longer side, within half to twice the preset's size ("": the model's)
+    priors: str = "default"              # "default" (SSD's rule) or "auto"
+    prior_recall_threshold: float = 0.98
+    image_size: str = ""                 # "" or "auto"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -236,6 +244,14 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.ema_warmup < 0:
         raise ConfigError(f"ema_warmup must be >= 0 (iterations; 0: no ramp), got {cfg.ema_warmup}")
     parse_duration(cfg.time_budget)
+    if cfg.priors not in ("default", "auto"):
+        raise ConfigError(f"priors must be 'default' (SSD's rule) or 'auto' (refit to the training boxes when "
+                          f"their best possible recall is under prior_recall_threshold), got {cfg.priors!r}")
+    if not 0 < cfg.prior_recall_threshold <= 1:
+        raise ConfigError(f"prior_recall_threshold must be in (0, 1], got {cfg.prior_recall_threshold}")
+    if cfg.image_size not in ("", "auto"):
+        raise ConfigError(f"image_size must be 'auto' (from the training data) or empty (the model's), got "
+                          f"{cfg.image_size!r}; set a fixed size with model_overrides='{{\"image_size\": 320}}'")
     try:  # a typo in the model or its overrides fails here, not after the data set is built
         resolve_config(cfg.model, **cfg.model_overrides)
     except (ValueError, TypeError) as exc:

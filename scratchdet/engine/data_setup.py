@@ -211,6 +211,15 @@ def coco_paths(cfg: TrainConfig, which: str) -> tuple[str, str] | None:
     return images, json_path
 
 
+def build_transforms(cfg: TrainConfig, spec) -> tuple[SSDTransform, SSDTransform]:
+    """The training (augmenting, seeded) and evaluation transforms for a model config ``spec``."""
+    try:
+        train_tf = SSDTransform.from_config(spec, train=True, seed=cfg.seed, **cfg.augment)
+    except TypeError as exc:
+        raise ValueError(f"bad augment option: {exc}") from None
+    return train_tf, SSDTransform.from_config(spec, train=False)
+
+
 def build_datasets(cfg: TrainConfig, dist: DistInfo | None = None):
     """(train_set, val_set, class_names); train has the SSD augmentation, val the eval transform.
     The validation set uses the training set's class list (label i is the same class in both);
@@ -219,12 +228,7 @@ def build_datasets(cfg: TrainConfig, dist: DistInfo | None = None):
     if source.synthetic:
         ensure_synthetic(source.root, seed=cfg.seed, dist=dist)
         check_splits(source, cfg)
-    spec = model_config(cfg)
-    try:
-        train_tf = SSDTransform.from_config(spec, train=True, seed=cfg.seed, **cfg.augment)
-    except TypeError as exc:
-        raise ValueError(f"bad augment option: {exc}") from None
-    val_tf = SSDTransform.from_config(spec, train=False)
+    train_tf, val_tf = build_transforms(cfg, model_config(cfg))
     classes = [c.strip() for c in cfg.classes.split(",") if c.strip()] or None
     skip = cfg.skip_bad_images
     if source.kind == "voc":

@@ -25,6 +25,7 @@ from ..models.config import DETECT_DEFAULTS, SSDConfig
 from ..structures.errors import CheckpointError, ConfigError
 from .checkpoint import load_checkpoint, load_newest_checkpoint
 from .config import TrainConfig, parse_duration
+from .data_fit import fit_to_data, write_data_fit
 from .data_setup import build_datasets
 from .distributed import DistInfo, broadcast_flag, init_distributed
 from .ema import EMAHook
@@ -98,7 +99,13 @@ class Trainer:
 
     def _build_model(self, train_set) -> torch.nn.Module:
         cfg = self.cfg
-        model = build_model(cfg.model, num_classes=len(self.classes) + 1, **cfg.model_overrides).to(self.device)
+        def build(overrides: dict) -> torch.nn.Module:
+            return build_model(cfg.model, num_classes=len(self.classes) + 1, **overrides)
+
+        # image_size=auto, the priors' recall, priors=auto (engine/data_fit.py); the defaults change nothing
+        model, self.data_fit = fit_to_data(cfg, train_set, self.val_set, build,
+                                           log=print if self.dist.is_main else None)
+        model = model.to(self.device)
         model.class_names = list(self.classes)  # saved with the weights by scratchdet.save
         use_fused_batch_norm(model, cfg.fast_kernels)     # off: the stock BatchNorm / add / ReLU ops
         cached = bool(cfg.fast_kernels and cfg.cache_images and hasattr(train_set, "cache_images")
@@ -379,6 +386,7 @@ class Trainer:
             self.resume(resume)
         if self.dist.is_main:
             os.makedirs(self.cfg.out_dir, exist_ok=True)
+            write_data_fit(self.cfg.out_dir, self.data_fit)
         start = time.perf_counter()
         try:
             self._call("before_train")
@@ -388,7 +396,7 @@ class Trainer:
                 self.summary = {"iteration": self.iteration, "interrupted": True}
             else:
                 self.summary = {"iteration": self.iteration, "skipped_steps": self.skipped,
-                                "train_seconds": time.perf_counter() - start}
+                                "train_seconds": time.perf_counter() - start, "data_fit": self.data_fit}
                 skipped_images = getattr(self.train_set, "skipped", None)   # skip_bad_images=true
                 if skipped_images:   # those this process saw: all of them when the images are cached
                     self.summary["skipped_images"] = len(skipped_images)

@@ -100,6 +100,9 @@ class SSDConfig(Mapping):
     s_min: float = 0.2                     # ... scale rule s_k = s_min + (s_max - s_min)(k - 1)/(m - 1)
     s_max: float = 0.9
     aspect_ratios: Optional[Tuple[Tuple[float, ...], ...]] = None  # per source; None: SSD300's pattern
+    # per source, one location's prior shapes as flat normalised (w, h, w, h, ...), fitted to the
+    # training boxes by `priors=auto` (models/prior_fit.py); None: the sizes and aspect ratios above
+    prior_shapes: Optional[Tuple[Tuple[float, ...], ...]] = None
     clip_priors: bool = False
     variances: Tuple[float, ...] = (0.1, 0.2)    # of the box encoding (centre, size)
     iou_threshold: float = 0.5
@@ -149,6 +152,9 @@ class SSDConfig(Mapping):
             raise ConfigError(f"extra_channels must be positive, got {self.extra_channels}")
         if self.aspect_ratios is not None and any(r <= 0 for ars in self.aspect_ratios for r in ars):
             raise ConfigError(f"aspect_ratios must be positive, got {self.aspect_ratios}")
+        if self.prior_shapes is not None and any(len(flat) % 2 or not flat or min(flat) <= 0
+                                                 for flat in self.prior_shapes):
+            raise ConfigError(f"prior_shapes must hold, per source, positive (w, h) pairs, got {self.prior_shapes}")
         if self.extras not in ("residual", "ssd"):
             raise ConfigError(f"extras must be 'residual' or 'ssd', got {self.extras!r}")
 

@@ -14,11 +14,12 @@ from typing import Sequence
 
 import torch
 
+from ..structures.errors import ConfigError
 from ..structures.image import as_hw
 
 __all__ = ["PRIOR_SIZES", "SSD300_FEATURE_SIZES", "SSD300_STEPS", "SSD300_ASPECT_RATIOS", "as_hw",
            "num_priors_per_location", "default_aspect_ratios", "prior_sizes", "ssd_prior_sizes", "default_steps",
-           "generate_priors"]
+           "generate_priors", "prior_shapes", "tile_priors", "source_prior_shapes"]
 
 # min/max sizes in pixels at 300 px input (docs/DESIGN.md, "Priors")
 PRIOR_SIZES = {
@@ -87,6 +88,47 @@ def default_steps(image_size, feature_sizes) -> list[tuple[float, float]]:
     return [(h / fh, w / fw) for fh, fw in sizes]
 
 
+def prior_shapes(image_size, min_sizes: Sequence[float], max_sizes: Sequence[float],
+                 aspect_ratios: Sequence[Sequence[float]]) -> list[list[tuple[float, float]]]:
+    """Per source, the normalised (w, h) of the priors of one location, in the order the module
+    docstring gives: SSD's rule from the min/max sizes (pixels) and the aspect ratios."""
+    h, w = as_hw(image_size)
+    shapes = []
+    for s_min, s_max, ars in zip(min_sizes, max_sizes, aspect_ratios):
+        sx, sy = s_min / w, s_min / h                                             # normalised, per axis
+        whs = [(sx, sy), (math.sqrt(sx * s_max / w), math.sqrt(sy * s_max / h))]
+        for r in ars:
+            whs += [(sx * math.sqrt(r), sy / math.sqrt(r)), (sx / math.sqrt(r), sy * math.sqrt(r))]
+        shapes.append(whs)
+    return shapes
+
+
+def tile_priors(image_size, feature_sizes, shapes: Sequence[Sequence[tuple[float, float]]], steps=None,
+                clip: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[P, 4]`` (cx, cy, w, h): every source's ``shapes`` (normalised (w, h), one location's
+    priors) at every location of its feature map, row-major; ``steps`` as :func:`generate_priors`."""
+    if len(shapes) != len(feature_sizes):
+        raise ValueError(f"tile_priors: {len(shapes)} prior layouts for {len(feature_sizes)} sources")
+    h, w = as_hw(image_size)
+    if steps is None:
+        steps = default_steps(image_size, feature_sizes)
+    out = []
+    for f, step, whs in zip(feature_sizes, steps, shapes):
+        fh, fw = as_hw(f)
+        step_y, step_x = step if isinstance(step, (list, tuple)) else (step, step)
+        cy = (torch.arange(fh, dtype=torch.float64) + 0.5) * (step_y / h)
+        cx = (torch.arange(fw, dtype=torch.float64) + 0.5) * (step_x / w)
+        cy, cx = torch.meshgrid(cy, cx, indexing="ij")                           # row-major locations
+        cxcy = torch.stack([cx.reshape(-1), cy.reshape(-1)], -1)                  # [fh*fw, 2]
+        wh = torch.tensor([tuple(map(float, s)) for s in whs], dtype=torch.float64)   # [A, 2]
+        boxes = torch.cat([cxcy[:, None, :].expand(-1, len(whs), 2), wh[None].expand(fh * fw, -1, 2)], -1)
+        out.append(boxes.reshape(-1, 4))
+    priors = torch.cat(out) if out else torch.zeros((0, 4), dtype=torch.float64)
+    if clip:
+        priors = priors.clamp(0.0, 1.0)
+    return priors.to(dtype)
+
+
 def generate_priors(image_size, feature_sizes, min_sizes: Sequence[float], max_sizes: Sequence[float],
                     aspect_ratios: Sequence[Sequence[float]], steps=None, clip: bool = False,
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -100,25 +142,23 @@ def generate_priors(image_size, feature_sizes, min_sizes: Sequence[float], max_s
         raise ValueError(f"generate_priors: feature_sizes, min_sizes, max_sizes and aspect_ratios must have "
                          f"one entry per source; got {len(feature_sizes)}, {len(min_sizes)}, "
                          f"{len(max_sizes)} and {len(aspect_ratios)}")
-    h, w = as_hw(image_size)
-    if steps is None:
-        steps = default_steps(image_size, feature_sizes)
-    out = []
-    for f, step, s_min, s_max, ars in zip(feature_sizes, steps, min_sizes, max_sizes, aspect_ratios):
-        fh, fw = as_hw(f)
-        step_y, step_x = step if isinstance(step, (list, tuple)) else (step, step)
-        sx, sy = s_min / w, s_min / h                                             # normalised, per axis
-        whs = [(sx, sy), (math.sqrt(sx * s_max / w), math.sqrt(sy * s_max / h))]
-        for r in ars:
-            whs += [(sx * math.sqrt(r), sy / math.sqrt(r)), (sx / math.sqrt(r), sy * math.sqrt(r))]
-        cy = (torch.arange(fh, dtype=torch.float64) + 0.5) * (step_y / h)
-        cx = (torch.arange(fw, dtype=torch.float64) + 0.5) * (step_x / w)
-        cy, cx = torch.meshgrid(cy, cx, indexing="ij")                           # row-major locations
-        cxcy = torch.stack([cx.reshape(-1), cy.reshape(-1)], -1)                  # [fh*fw, 2]
-        wh = torch.tensor(whs, dtype=torch.float64)                               # [A, 2]
-        boxes = torch.cat([cxcy[:, None, :].expand(-1, len(whs), 2), wh[None].expand(fh * fw, -1, 2)], -1)
-        out.append(boxes.reshape(-1, 4))
-    priors = torch.cat(out) if out else torch.zeros((0, 4), dtype=torch.float64)
-    if clip:
-        priors = priors.clamp(0.0, 1.0)
-    return priors.to(dtype)
+    return tile_priors(image_size, feature_sizes, prior_shapes(image_size, min_sizes, max_sizes, aspect_ratios),
+                       steps, clip, dtype)
+
+
+def source_prior_shapes(config, num_sources: int) -> list[list[tuple[float, float]]]:
+    """Per source, one location's prior shapes (normalised (w, h)) for an SSDConfig: its fitted
+    ``prior_shapes`` when set (``priors=auto``), else SSD's rule from ``prior_sizes`` (or
+    ``s_min``/``s_max``) and ``aspect_ratios``."""
+    if config.prior_shapes is not None:
+        if len(config.prior_shapes) != num_sources:
+            raise ConfigError(f"prior_shapes has {len(config.prior_shapes)} entries for {num_sources} sources")
+        return [list(zip(flat[0::2], flat[1::2])) for flat in config.prior_shapes]
+    aspect_ratios = config.aspect_ratios or default_aspect_ratios(num_sources)
+    if len(aspect_ratios) != num_sources:
+        raise ConfigError(f"aspect_ratios has {len(aspect_ratios)} entries for {num_sources} sources")
+    if config.prior_sizes == "ssd":
+        min_sizes, max_sizes = ssd_prior_sizes(num_sources, config.image_size, config.s_min, config.s_max)
+    else:
+        min_sizes, max_sizes = prior_sizes(config.prior_sizes, config.image_size, num_sources)
+    return prior_shapes(config.image_size, min_sizes, max_sizes, aspect_ratios)

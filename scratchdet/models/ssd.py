@@ -23,7 +23,7 @@ from .config import (DETECT_DEFAULTS, DETECT_FIELDS, INPUT_DEFAULTS, SSDConfig, 
 from .families import FAMILIES, features_list, generic_parts, resolve_norms
 from .layers import ConvNormAct, init_weights
 from .loss import MultiBoxLoss
-from .priors import default_aspect_ratios, generate_priors, num_priors_per_location, prior_sizes, ssd_prior_sizes
+from .priors import source_prior_shapes, tile_priors
 from .transform import postprocess, preprocess
 
 __all__ = ["SSD", "SSDRawOutputs", "INPUT_DEFAULTS", "DETECT_DEFAULTS", "check_detect_settings",
@@ -92,18 +92,11 @@ class SSD(nn.Module):
         else:
             parts = FAMILIES[config.arch](config)
         num_sources = len(parts.channels)
-        aspect_ratios = config.aspect_ratios or default_aspect_ratios(num_sources)
-        if len(aspect_ratios) != num_sources:
-            raise ConfigError(f"aspect_ratios has {len(aspect_ratios)} entries for {num_sources} sources")
-        if config.prior_sizes == "ssd":
-            min_sizes, max_sizes = ssd_prior_sizes(num_sources, config.image_size, config.s_min, config.s_max)
-        else:
-            min_sizes, max_sizes = prior_sizes(config.prior_sizes, config.image_size, num_sources)
-        priors = generate_priors(config.image_size, parts.feature_sizes, min_sizes, max_sizes, aspect_ratios,
-                                 clip=config.clip_priors)
+        shapes = source_prior_shapes(config, num_sources)   # SSD's rule, or the fitted shapes (priors=auto)
+        priors = tile_priors(config.image_size, parts.feature_sizes, shapes, clip=config.clip_priors)
         model = cls(backbone=parts.backbone, extras=parts.extras, source_channels=parts.channels,
                     feature_sizes=parts.feature_sizes, priors=priors,
-                    anchors_per_location=num_priors_per_location(aspect_ratios), config=config)
+                    anchors_per_location=[len(s) for s in shapes], config=config)
         # a timm or user backbone keeps its own initialisation (timm's is tuned per family)
         own = [model.backbone] if config.arch in ("resnet", "vgg16") else []
         for part in own + [model.extras, model.loc_heads, model.conf_heads]:
