@@ -96,9 +96,13 @@ class Trainer:
         self.register_hooks(self.default_hooks())
         self.register_hooks(hooks)
 
+    def make_model(self, num_classes: int) -> torch.nn.Module:
+        """The untrained network: ``cfg.model`` with its overrides (a subclass may build another)."""
+        return build_model(self.cfg.model, num_classes=num_classes, **self.cfg.model_overrides)
+
     def _build_model(self, train_set) -> torch.nn.Module:
         cfg = self.cfg
-        model = build_model(cfg.model, num_classes=len(self.classes) + 1, **cfg.model_overrides).to(self.device)
+        model = self.make_model(len(self.classes) + 1).to(self.device)
         model.class_names = list(self.classes)  # saved with the weights by scratchdet.save
         use_fused_batch_norm(model, cfg.fast_kernels)     # off: the stock BatchNorm / add / ReLU ops
         cached = bool(cfg.fast_kernels and cfg.cache_images and hasattr(train_set, "cache_images")
