@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+import torch
+
 from ..engine.compare import RUNTIMES, Comparison, parse_budget, parse_candidates, parse_seeds, parse_sizes
 from ..engine.config import make_config
 from ..engine.data_setup import SYNTH_PREFIX, resolve_data
@@ -52,6 +54,9 @@ def register(sub):
     p.add_argument("--seeds", default="0", help="comma-separated seeds; the report shows the mean mAP")
     p.add_argument("--runtimes", default=",".join(RUNTIMES),
                    help=f"deployment paths to time (default: {','.join(RUNTIMES)}; missing runtimes are skipped)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for training and for every runtime timed (default: torch's, "
+                        "usually the cores; on a busy machine 1 gives steadier figures)")
     p.add_argument("--timing-rounds", type=int, default=7, help="interleaved timing rounds at batch 1 (default 7)")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32, the demo's)")
     p.add_argument("--workers", type=int, default=-1, help="DataLoader workers per run (default -1: auto)")
@@ -69,11 +74,15 @@ def run(args):
     seeds = parse_seeds(args.seeds)
     runtimes = tuple(r.strip() for r in args.runtimes.split(",") if r.strip())
     device = pick_device(args.device)
+    if args.threads is not None and args.threads < 1:
+        raise CLIError(f"--threads must be >= 1, got {args.threads}")
     data = args.data
     if not data.startswith(SYNTH_PREFIX) and not os.path.exists(data):
         raise CLIError(f"data not found: {data} (a VOC/COCO/YOLO data set with train and val splits)")
     splits = {k: overrides[k] for k in ("train_split", "val_split", "dataset") if k in overrides}
     resolve_data(make_config(None, {"dataset": "auto", "data_root": data, **splits}))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     comparison = Comparison(data, candidates, budget, args.out, seeds=seeds, device=device, runtimes=runtimes,
                             batch_size=args.batch_size, workers=args.workers, timing_rounds=args.timing_rounds,
                             resume=args.resume, train_overrides=overrides)
