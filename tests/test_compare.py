@@ -49,7 +49,7 @@ def test_two_candidates_through_the_cli_write_report_plot_and_json(tiny_data, tm
     assert results["budget"] == "10it" and len(results["runs"]) == 2 and len(results["rows"]) == 2
     for run in results["runs"]:
         assert run["status"] == "done" and run["iterations"] == 10 and 0.0 <= run["map"] <= 1.0
-        assert set(run["ap"]) == set(synth.CLASSES) and "map_small" in run
+        assert run["ap"] and set(run["ap"]) <= set(synth.CLASSES) and "map_small" in run   # classes in val
         assert run["params"] > 0 and run["flops"] > 0 and run["train_peak_mb"] > run["infer_peak_mb"] > 0
         assert set(run["latency_ms"]) >= {"eager", "fast"} and all(v > 0 for v in run["latency_ms"].values())
         assert set(run["throughput"]) == set(run["latency_ms"]) and run["threads"] >= 1

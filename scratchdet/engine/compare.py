@@ -562,6 +562,7 @@ def plot_pareto(rows: list[dict], path: str, budget: str) -> str | None:
     point labelled. None when matplotlib is not installed or nothing was timed."""
     try:
         import matplotlib
+        import matplotlib.ticker
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -577,13 +578,19 @@ def plot_pareto(rows: list[dict], path: str, budget: str) -> str | None:
                    alpha=0.6, color="tab:red" if on_front else "tab:blue", edgecolors="black", linewidths=0.5)
         ax.annotate(r["label"], (r["best_latency_ms"], 100 * r["map"]), fontsize=7, xytext=(5, 4),
                     textcoords="offset points")
-    front = sorted((r for r in points if r.get("front") == 0), key=lambda r: r["best_latency_ms"])
-    if front:
-        xs = [r["best_latency_ms"] for r in front]
-        ys = [100 * r["map"] for r in front]
-        ax.step(xs, ys, where="post", color="tab:red", linewidth=1.2, label="Pareto front")
-        ax.legend(loc="lower right", fontsize=8)
+    xs_all = [r["best_latency_ms"] for r in points]
     ax.set_xscale("log")
+    left, right = min(xs_all) / 1.3, max(xs_all) * 2.5          # room for the labels on the right
+    ax.set_xlim(left, right)
+    front = sorted((r for r in points if r.get("front") == 0), key=lambda r: r["best_latency_ms"])
+    if front:   # the best accuracy reachable within each latency: a staircase, flat to the right edge
+        xs = [r["best_latency_ms"] for r in front] + [right]
+        ys = [100 * r["map"] for r in front]
+        ax.step(xs, ys + ys[-1:], where="post", color="tab:red", linewidth=1.2, label="Pareto front")
+        ax.legend(loc="best", fontsize=8)
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("latency, batch 1, best deployment path (ms, log scale)")
     ax.set_ylabel("VOC07 mAP on the validation split (%)")
     ax.set_title(f"Detectors trained from scratch, {budget} each (marker area ~ parameters)", fontsize=9)
