@@ -151,6 +151,8 @@ def test_models_split_auto_and_fronts():
         "root_resnet:w=16,d=1-1-1-1", "root_resnet_demo", "timm:x", "a.py:F", "root_resnet:i=96"]
     picks = [c.name for c in parse_candidates("auto:4", [None])]
     assert len(picks) == 4 and picks[0] == LADDER[0] and picks[-1] == LADDER[-1]
+    spec = parse_candidates("root_resnet:w=8,i=300", [96])[0]      # the spec's layout follows the size
+    assert spec.model == "root_resnet:w=8,i=96" and resolve_config(spec.model)["extra_paddings"] == (1, 0)
     sized = parse_candidates("root_resnet_demo,timm:mobilenetv3_small_050", [96, 128])
     assert [(c.name, c.image_size) for c in sized] == [("root_resnet_demo", 96), ("root_resnet_demo", 128),
                                                         ("timm:mobilenetv3_small_050", 96),
@@ -168,6 +170,7 @@ def test_models_split_auto_and_fronts():
     (["--models", "EMPTY:Net"], "has no callable 'Net'"),
     (["--models", "root_resnet:q=1"], "cannot read 'q=1'"),
     (["--models", "auto:0"], "expected auto:N"),
+    (["--models", "root_resnet18_ssd300", "--input-size", "256"], "does not fit --input-size 256"),
     (["--budget", "5it"], "too small to evaluate"),
     (["--budget", "3s"], "too small to evaluate"),
     (["--budget", "soon"], "cannot read 'soon' as a duration"),

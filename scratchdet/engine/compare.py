@@ -35,8 +35,8 @@ import torch
 
 from ..models.export import DETECTOR_INPUT, export_detector_onnx
 from ..models.fast_inference import FastPredictor
-from ..models.registry import build_detector, resolve_config
-from ..models.search_space import LADDER, is_root_resnet_spec
+from ..models.registry import build_detector, build_model, resolve_config
+from ..models.search_space import LADDER, is_root_resnet_spec, with_input_size
 from ..structures.errors import UserError
 from ..structures.image import as_hw
 from .checkpoint import latest_checkpoint
@@ -214,12 +214,23 @@ def parse_candidates(text: str, sizes: list[int | None]) -> list[Candidate]:
                                    "path/to/file.py:Factory or auto:N")
             if name.startswith("timm:") and size is None:
                 size = DEFAULT_SIZE
-            overrides = {} if size is None else {"image_size": size}
             try:
-                resolve_config(name, **overrides)
+                if is_root_resnet_spec(name):     # the spec's layout follows its size
+                    model = name if size is None else with_input_size(name, size)
+                    resolve_config(model)
+                else:
+                    model = name
+                    resolve_config(name, **({} if size is None else {"image_size": size}))
+                    if size is not None and not name.startswith("timm:"):
+                        # a preset's extra layers are laid out for its own size: does it fit this one?
+                        build_model(name, num_classes=2, image_size=size)
             except UserError as exc:
                 raise CompareError(f"--models {name}: {exc}") from None
-            candidates.append(Candidate(name, name, size))
+            except (ValueError, RuntimeError, ArithmeticError) as exc:   # a layer left with no pixels
+                raise CompareError(f"--models {name} does not fit --input-size {size}: "
+                                   f"{' '.join(str(exc).split()) or type(exc).__name__} (its extra layers are laid out for its own "
+                                   "size; a root_resnet: spec takes any size)") from None
+            candidates.append(Candidate(name, model, size))
     keys = [c.key for c in candidates]
     if len(set(keys)) != len(keys):
         raise CompareError(f"--models: two candidates share a folder name {sorted(k for k in keys if keys.count(k) > 1)}")
@@ -291,7 +302,7 @@ class Comparison:
         """The run's training options: the demo recipe, the budget, the candidate."""
         extra = dict(self.train_overrides)
         model_overrides = dict(extra.pop("model_overrides", {}))
-        if candidate.image_size is not None:
+        if candidate.image_size is not None and not is_root_resnet_spec(candidate.model):
             model_overrides["image_size"] = candidate.image_size
         if self.budget.iterations:
             iters = self.budget.iterations

@@ -30,7 +30,7 @@ from ..structures.errors import ConfigError
 from .backbones import conv_out_size
 
 __all__ = ["SPEC_PREFIX", "SPEC_KEYS", "LADDER", "is_root_resnet_spec", "parse_root_resnet_spec",
-           "root_resnet_args"]
+           "root_resnet_args", "with_input_size"]
 
 SPEC_PREFIX = "root_resnet:"
 SPEC_KEYS = {"w": "width", "d": "blocks per stage (a-b-c-d)", "r": "root width", "rs": "root stride (1 or 2)",
@@ -119,3 +119,11 @@ def root_resnet_args(spec: str) -> dict:
     return dict(arch="resnet", stem="root", blocks=v["d"], width=v["w"], root_width=v["r"], root_stride=v["rs"],
                 extra_channels=v["e"], image_size=v["i"], source_stages=tuple(range(5 - v["s"], 5)),
                 extra_paddings=_extra_paddings(n), bn_head=bool(v["hbn"]), prior_sizes="ssd", s_min=0.1)
+
+
+def with_input_size(spec: str, size: int) -> str:
+    """``spec`` at input ``size`` (its ``i`` set), so the extra layers are laid out for that size."""
+    parse_root_resnet_spec(spec)
+    body = spec[len(SPEC_PREFIX):]
+    items = [item for item in (part.strip() for part in body.split(",")) if item and item.partition("=")[0].strip() != "i"]
+    return SPEC_PREFIX + ",".join([*items, f"i={int(size)}"])
