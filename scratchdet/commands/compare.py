@@ -9,17 +9,18 @@ import torch
 from ..engine.compare import RUNTIMES, Comparison, parse_budget, parse_candidates, parse_seeds, parse_sizes
 from ..engine.config import make_config
 from ..engine.data_setup import SYNTH_PREFIX, resolve_data
-from ..models.search_space import SPEC_KEYS
 from ._common import CLIError, parse_set_options, pick_device
 
-HELP = f"""Train several detectors from scratch on your data with the same recipe and budget,
+HELP = """Train several detectors from scratch on your data with the same recipe and budget,
 score them on your validation split and time them on this machine; the answer is the
 accuracy / latency Pareto front.
 
 --models takes, comma-separated:
-  a preset            root_resnet_demo, root_resnet18_ssd300, ... (scratchdet info --models)
+  a preset            root_resnet_demo, root_resnet18_ssd300, ... (an unknown name lists them)
   a Root-ResNet spec  root_resnet:w=16,d=1-1-1-1,r=8,rs=1,s=3,i=128
-                      ({'; '.join(f'{k}: {v}' for k, v in SPEC_KEYS.items())})
+                      w width, d blocks per stage, r root width, rs root stride
+                      (1|2), s backbone stages as sources (1-3), e extra-layer
+                      channels, i input size, hbn BN in the head (0|1)
   a timm backbone     timm:mobilenetv3_small_050 (random weights)
   a user module       path/to/file.py:Factory (Factory() returns a backbone nn.Module whose
                       forward gives feature maps, finest first)
