@@ -18,9 +18,6 @@ test's ``extra_info`` and printed as a table (benchmarks/RESULTS.md, "CPU runtim
 ``--benchmark-disable`` (CI) one round runs, so the comparison itself cannot rot.
 """
 import os
-import random
-import statistics
-import time
 import warnings
 
 import pytest
@@ -29,6 +26,7 @@ import torch.nn as nn
 
 from scratchdet.models import build_model
 from scratchdet.models.export import export_onnx
+from scratchdet.engine.timing import medians_ms, onnxruntime_session, openvino_model, time_interleaved
 from scratchdet.models.fast_inference import FastPredictor
 
 warnings.filterwarnings("ignore")
@@ -71,19 +69,12 @@ def _runners(onnx_path, threads):
         "fast_end_to_end": lambda x: fast(x),
     }
     try:
-        import onnxruntime as ort
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(onnx_path, threads)
         runners["onnxruntime"] = lambda x: tuple(torch.from_numpy(o) for o in session.run(None, {"images": x.numpy()}))
     except ImportError:
         pass
     try:
-        import openvino as ov
-        core = ov.Core()
-        compiled = core.compile_model(core.read_model(onnx_path), "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+        compiled = openvino_model(onnx_path, threads)
         request = compiled.create_infer_request()
 
         def openvino_run(x):
@@ -120,24 +111,14 @@ def test_cpu_runtimes_same_network_same_threads(benchmark, tmp_path_factory, bat
         assert num.shape == (batch,) and (num > 0).all()
 
     rounds = 1 if benchmark.disabled else ROUNDS
-    times = {name: [] for name in runners}
+    times = {}
 
-    def interleaved():
-        with torch.inference_mode():
-            for name, run in runners.items():                     # warm-up
-                run(x)
-            order = list(runners)
-            rng = random.Random(batch)
-            for _ in range(rounds):
-                rng.shuffle(order)
-                for name in order:
-                    t0 = time.perf_counter()
-                    run = runners[name]
-                    run(x)
-                    times[name].append(time.perf_counter() - t0)
+    def interleaved():     # the package's one timing helper (scratchdet compare times with it too)
+        times.update(time_interleaved({name: (lambda run=run: run(x)) for name, run in runners.items()},
+                                      rounds, seed=batch))
 
     benchmark.pedantic(interleaved, rounds=1, iterations=1)
-    medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    medians = medians_ms(times)
     benchmark.extra_info.update({f"{k}_ms": round(v, 1) for k, v in medians.items()})
     benchmark.extra_info["threads"] = threads
     best_other = min(medians[k] for k in ("onnxruntime", "openvino") if k in medians)

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import os
 
 import torch
 
+from ..engine.config import TrainConfig, _parse_value, check_finite
 from ..structures.files import make_writable_dir
 from ..models.io import load
 from ..structures.errors import UserError
@@ -85,3 +88,22 @@ def last_line(message: str) -> str:
     last = lines[-1].strip()
     name, sep, rest = last.partition(": ")
     return rest if sep and name.replace(".", "").replace("_", "").isalnum() else last
+
+
+def parse_set_options(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` options (training options of every run of a grid) as a dict, each value of
+    its option's type; CLIError for an unknown key, a bad value, NaN or inf."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise CLIError(f"--set {item!r}: expected KEY=VALUE with a training option as KEY "
+                           f"(known: {', '.join(sorted(known))})")
+        try:
+            overrides[key] = _parse_value(value, getattr(TrainConfig(), key))
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise CLIError(f"--set {item}: {exc}") from None
+    check_finite(overrides)
+    return overrides

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 
 from ..engine.ablation import Ablation, AblationError
-from ..engine.config import TrainConfig, _parse_value, check_finite, make_config
+from ..engine.config import check_finite, make_config
 from ..engine.data_setup import SYNTH_PREFIX, ensure_synthetic, resolve_data
-from ._common import CLIError, pick_device
+from ._common import CLIError, parse_set_options, pick_device
 
 HELP = """Reproduce the paper's ablations from scratch, at a small scale.
 
@@ -60,18 +58,7 @@ DEFAULT_BUDGET = {"bn-lr": 600, "stem": 600}   # docs/REPRODUCTION.md: both grid
 
 
 def run(args):
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in known:
-            raise CLIError(f"--set {item!r}: expected KEY=VALUE with a training option as KEY "
-                           f"(known: {', '.join(sorted(known))})")
-        try:
-            overrides[key] = _parse_value(value, getattr(TrainConfig(), key))
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise CLIError(f"--set {item}: {exc}") from None
+    overrides = parse_set_options(args.overrides)
     check_finite(overrides)   # before any run starts (each run checks its whole config again)
     data = _data_folder(args.data, overrides)
     try:

@@ -9,22 +9,18 @@ interrupted one continues from its last checkpoint.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..evaluation import coco_eval, detections_to_coco, small_object_map
-from ..evaluation.evaluate import evaluate_model, pixel_inclusive
 from ..models.registry import list_models
-from ..structures.files import make_writable_dir
-from ..structures.image import read_image_size
 from .checkpoint import latest_checkpoint
 from .config import make_config
 from .data_setup import ensure_synthetic
 from .distributed import init_distributed
 from .report import ablation_table, plot_ablation_figures
+from .runs import detection_metrics, prepare_out_dir, read_result, write_json
 from .trainer import NonFiniteTrainingError, Trainer
 
 __all__ = ["Setting", "BN_LR_SETTINGS", "STEM_SETTINGS", "BN_LR_LRS", "RunSpec", "Ablation",
@@ -186,40 +182,12 @@ class Ablation:
         return result
 
     def _evaluate(self, model, val_set, data_root: str, workers: int) -> dict:
-        r = evaluate_model(model, val_set, batch_size=self.batch_size, device=model.priors.device,
-                           workers=workers)                     # the trainer's resolved count (-1 is auto)
-        out = {"map": r["map"], "ap": {val_set.classes[int(k) - 1]: v for k, v in r["ap"].items()}}
-        if self.kind != "stem":
-            return out
-        sizes = [(rec.width, rec.height) for rec in val_set.records]
-        if any(w is None for w, _ in sizes):
-            sizes = [read_image_size(rec.image_path) for rec in val_set.records]
-        small = small_object_map(r["detections"], r["annotations"], sizes, model.input_size,
-                                 pixel_inclusive=pixel_inclusive(val_set))
-        out["map_small"] = None if small is None else small["map"]
-        out["num_small"] = 0 if small is None else small["num_small"]
-        out["coco_ap_small"] = None
-        coco_json = os.path.join(data_root, "annotations", f"instances_{val_set.split}.json")
-        if os.path.isfile(coco_json):                       # the synthetic set writes one beside its VOC files
-            with open(coco_json, encoding="utf-8") as f:
-                ids = {os.path.basename(im["file_name"]): im["id"] for im in json.load(f)["images"]}
-            image_ids = [ids.get(os.path.basename(rec.image_path)) for rec in val_set.records]
-            if None not in image_ids:
-                stats = coco_eval(coco_json, detections_to_coco(r["detections"], image_ids), image_ids=image_ids)
-                out["coco"] = stats
-                out["coco_ap_small"] = stats["APs"] if stats["APs"] >= 0 else None   # -1: no small objects
-        return out
+        # workers: the trainer's resolved count (-1 is auto)
+        return detection_metrics(model, val_set, data_root, self.batch_size, workers, small=self.kind == "stem")
 
     # ------------------------------------------------------------------ the grid
     def _check_out(self) -> None:
-        try:
-            make_writable_dir(self.out)
-        except OSError as exc:
-            raise AblationError(f"output folder {self.out!r} is not writable ({exc.strerror})") from None
-        runs = os.path.join(self.out, "runs")
-        if not self.resume and os.path.isdir(runs) and os.listdir(runs):
-            raise AblationError(f"{self.out} already holds ablation runs: pass --resume to continue them, "
-                                "or choose another --out")
+        prepare_out_dir(self.out, self.resume, "ablation", AblationError)
 
     def run(self) -> dict:
         """Train every run that is not finished, then write table.md, results.json and the figures."""
@@ -229,9 +197,8 @@ class Ablation:
         todo = len(self.runs)
         for i, spec in enumerate(self.runs, start=1):
             path = os.path.join(self._run_dir(spec), "result.json")
-            if self.resume and os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    earlier = json.load(f)
+            earlier = read_result(path) if self.resume else None
+            if earlier is not None:
                 if earlier.get("iterations") != self.budget_iters:   # a finished run of another grid
                     raise AblationError(f"{path} was trained for {earlier.get('iterations')} iterations, not "
                                         f"{self.budget_iters}: resume with --budget-iters "
@@ -247,8 +214,7 @@ class Ablation:
             result = self._train_one(spec, data_root)
             spent += time.perf_counter() - t0
             done_iters += self.budget_iters
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(result, f, indent=2)
+            write_json(path, result)
             shown = "NAN (diverged at iteration %d)" % result["diverged_at"] if result["map"] is None \
                 else f"VOC07 mAP {100 * result['map']:.1f}"
             self.log(f"    -> {shown}, {result['train_seconds']:.0f} s")
@@ -260,8 +226,7 @@ class Ablation:
         summary = {"kind": self.kind, "data": data_root, "budget_iters": self.budget_iters,
                    "batch_size": self.batch_size, "seeds": self.seeds, "lrs": self.lrs,
                    "settings": {k: asdict(s) for k, s in self.settings.items()}, "runs": results}
-        with open(os.path.join(self.out, "results.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
+        write_json(os.path.join(self.out, "results.json"), summary)
         table = ablation_table(self.kind, self.settings, self.lrs, results, self.budget_iters, self.batch_size)
         with open(os.path.join(self.out, "table.md"), "w", encoding="utf-8") as f:
             f.write(table)

@@ -97,10 +97,16 @@ class Trainer:
         self.register_hooks(self.default_hooks())
         self.register_hooks(hooks)
 
+    def make_model(self, num_classes: int, overrides: dict | None = None) -> torch.nn.Module:
+        """The untrained network: ``cfg.model`` with ``overrides`` (default: ``cfg.model_overrides``;
+        the data fit adds its image size and priors to them). A subclass may build another."""
+        overrides = self.cfg.model_overrides if overrides is None else overrides
+        return build_model(self.cfg.model, num_classes=num_classes, **overrides)
+
     def _build_model(self, train_set) -> torch.nn.Module:
         cfg = self.cfg
         def build(overrides: dict) -> torch.nn.Module:
-            return build_model(cfg.model, num_classes=len(self.classes) + 1, **overrides)
+            return self.make_model(len(self.classes) + 1, overrides)
 
         # image_size=auto, the priors' recall, priors=auto (engine/data_fit.py); the defaults change nothing
         model, self.data_fit = fit_to_data(cfg, train_set, self.val_set, build,

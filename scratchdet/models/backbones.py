@@ -39,23 +39,29 @@ class ResNetBackbone(nn.Module):
     Stages have ``width * (1, 2, 4, 8)`` channels and strides 1, 2, 2, 2. The root
     block's three full-resolution convs have ``root_width`` channels (default
     ``width``); a narrower root is the cheap way to keep Root-ResNet's stride-1 input on a CPU.
-    ``source_stages`` (1-based) are the stages whose outputs are SSD sources.
+    ``source_stages`` (1-based) are the stages whose outputs are SSD sources. ``root_stride`` 2
+    makes the root block's first conv stride 2: a quarter of the root's cost, at the price of the
+    full-resolution input the paper's root keeps.
     """
 
     def __init__(self, blocks: Sequence[int] = (2, 2, 2, 2), stem: str = "root", width: int = 64,
-                 source_stages: Sequence[int] = (3, 4), norm: str = "bn", root_width: int | None = None):
+                 source_stages: Sequence[int] = (3, 4), norm: str = "bn", root_width: int | None = None,
+                 root_stride: int = 1):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; expected one of {sorted(STEMS)}")
         if len(blocks) != 4 or not source_stages or not all(1 <= s <= 4 for s in source_stages):
             raise ValueError(f"expected 4 stages and source_stages in 1..4, got blocks={tuple(blocks)}, "
                              f"source_stages={tuple(source_stages)}")
+        if root_stride not in (1, 2) or (root_stride != 1 and stem != "root"):
+            raise ValueError(f"root_stride must be 1 or 2, and 1 unless stem='root'; got {root_stride} (stem {stem!r})")
         self.stem_name = stem
+        self.root_stride = root_stride
         self.source_stages = tuple(sorted(source_stages))
         stem_width = width
         if stem == "root":
             stem_width = root_width or width
-            self.stem = nn.Sequential(ConvNormAct(3, stem_width, 3, 1, norm=norm),
+            self.stem = nn.Sequential(ConvNormAct(3, stem_width, 3, root_stride, norm=norm),
                                       ConvNormAct(stem_width, stem_width, 3, 1, norm=norm),
                                       ConvNormAct(stem_width, stem_width, 3, 1, norm=norm))
         else:
@@ -93,7 +99,7 @@ class ResNetBackbone(nn.Module):
     def feature_sizes(self, image_size: int) -> list[int]:
         n = image_size
         if self.stem_name == "root":
-            n = conv_out_size(n, 2, 2)
+            n = conv_out_size(conv_out_size(n, 3, self.root_stride, 1), 2, 2)
         else:
             n = conv_out_size(n, 7, 1 if self.stem_name == "c" else 2, 3)
             if self.stem_name != "b":

@@ -82,6 +82,7 @@ class SSDConfig(Mapping):
     stem: str = "root"                     # "a", "b", "c" (the paper's ResNet-18 ablations) or "root"
     width: int = 64                        # channels of the first stage (VGG: of conv1)
     root_width: Optional[int] = None       # channels of the Root-ResNet root block (default: width)
+    root_stride: int = 1                   # stride of the root block's first conv (2: half-resolution root, cheaper)
     timm_model: str = ""                   # arch "timm": the timm model name (model name "timm:<name>")
     min_source_stride: int = 8             # arch "timm": its feature levels with at least this stride are sources
     extras: str = "residual"               # timm / custom: extra layers "residual" (Root-ResNet's) or "ssd" (SSD's)
@@ -140,6 +141,8 @@ class SSDConfig(Mapping):
             raise ConfigError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
         if self.neg_pos_ratio <= 0:
             raise ConfigError(f"neg_pos_ratio must be positive, got {self.neg_pos_ratio}")
+        if self.root_stride not in (1, 2):
+            raise ConfigError(f"root_stride must be 1 or 2, got {self.root_stride}")
         for name in ("depth", "width", "min_source_stride"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -66,7 +66,7 @@ def resnet_family(cfg: Mapping) -> SSDParts:
         raise ValueError(f"the {cfg['arch']} presets are square; for a non-square input use "
                          "scratchdet.build_detector or a timm backbone")
     backbone = ResNetBackbone(blocks, cfg["stem"], cfg["width"], cfg["source_stages"], norm=backbone_norm,
-                              root_width=cfg["root_width"])
+                              root_width=cfg["root_width"], root_stride=cfg.get("root_stride", 1))
     extras = residual_extras(backbone.out_channels[-1], cfg["extra_channels"], cfg["extra_paddings"], norm=extra_norm)
     return _with_extras(backbone, extras, [cfg["extra_channels"]] * len(cfg["extra_paddings"]),
                         cfg["extra_paddings"], True, as_hw(cfg["image_size"])[0])

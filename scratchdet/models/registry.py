@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..structures.errors import ConfigError
 from .config import SSDConfig
+from .search_space import is_root_resnet_spec, root_resnet_args
 from .ssd import SSD
 
 __all__ = ["Preset", "MODEL_PRESETS", "build_model", "build_detector", "list_models", "describe_model",
@@ -98,6 +99,8 @@ def resolve_config(name: str, **overrides) -> SSDConfig:
     a bad value :class:`ConfigError` naming it."""
     if name.startswith("timm:"):
         base = {**_GENERIC, "arch": "timm", "timm_model": name[len("timm:"):]}
+    elif is_root_resnet_spec(name):          # root_resnet:w=16,d=1-1-1-1,... (models/search_space.py)
+        base = root_resnet_args(name)
     elif name == "custom":
         base = {**_GENERIC, "arch": "custom"}
     elif name in MODEL_PRESETS:
