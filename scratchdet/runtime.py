@@ -2,12 +2,15 @@
 
 The file is one written by ``scratchdet export`` (the whole detector, see
 :mod:`scratchdet.models.export`): uint8 images at the input size in, fixed-shape detections out. This
-module needs numpy, Pillow and ONNX Runtime (``.onnx``) or OpenVINO (``.xml``), nothing else: it
-imports no part of the package that needs torch, so it works where torch is not installed.
+module needs numpy, Pillow and ONNX Runtime (``.onnx``) or OpenVINO (``.xml``), nothing else: of the
+package it imports only :mod:`scratchdet.structures.image_io` (and the error types), which need no torch,
+so it works where torch is not installed.
 
-Images are brought to the input size as :func:`scratchdet.structures.image.resize_and_normalise` does
-(PIL RGB, then PIL ``resize`` with the model's filter, bilinear by default), so the pixels, and hence the
-detections, are those of ``model.predict``; the graph itself normalises with the model's mean and std.
+Images are read and brought to 8-bit RGB by the same functions ``model.predict`` and ``scratchdet detect``
+use (``image_io``: EXIF orientation applied, 16-bit images stretched by their range, alpha dropped), and
+resized to the input size as :func:`scratchdet.structures.image.resize_and_normalise` does (PIL ``resize``
+with the model's filter, bilinear by default), so the pixels, and hence the detections, are those of
+``model.predict``; the graph itself normalises with the model's mean and std.
 """
 from __future__ import annotations
 
@@ -18,39 +21,31 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from .structures.image_io import array_to_rgb, read_image, resize_rgb, to_rgb8
+
 __all__ = ["DETECTOR_FORMAT", "Detector", "load", "to_rgb", "resize_to_input"]
 
 DETECTOR_FORMAT = "scratchdet.detector.v1"     # the same string as scratchdet.models.export.DETECTOR_FORMAT
 OUTPUTS = ("num_detections", "boxes", "scores", "labels")
-RESIZE_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "box": Image.BOX}
 
 
 def to_rgb(image) -> Image.Image:
-    """A PIL image, a uint8 ``[H, W]`` / ``[H, W, C]`` array (C in 1, 3, 4) or an image file path -> PIL RGB
-    (alpha dropped, grey repeated), as ``scratchdet.structures.image.to_pil_rgb`` does."""
+    """An image file path, a PIL image (any mode) or a uint8 ``[H, W]`` / ``[H, W, C]`` array (C in 1, 3, 4)
+    -> PIL RGB, by the package's own reader and conversion (``scratchdet.structures.image_io``): a file is
+    read upright per its EXIF orientation, 16-bit and float images are stretched by their range, alpha is
+    dropped and grey repeated, exactly as for ``model.predict`` and ``scratchdet detect``."""
     if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as img:
-            return img.convert("RGB")
+        return read_image(image)
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb8(image)
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise TypeError(f"expected a uint8 image array, got {image.dtype}")
-        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise ValueError(f"expected an image array of shape [H, W] or [H, W, C] with C in (1, 3, 4), "
-                             f"got {list(image.shape)}")
-        array = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
-        array = array[:, :, :3] if array.ndim == 3 and array.shape[2] == 4 else array
-        if array.size == 0:
-            raise ValueError(f"expected a non-empty image, got shape {list(image.shape)}")
-        return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+        return array_to_rgb(image)
     raise TypeError(f"expected a PIL image, a uint8 HxWx3 array or an image path, got {type(image).__name__}")
 
 
 def resize_to_input(image: Image.Image, input_size: Sequence[int], resize: str = "bilinear") -> np.ndarray:
     """RGB PIL image -> uint8 ``[3, H, W]`` at ``input_size`` (height, width), PIL's filter ``resize``."""
-    h, w = int(input_size[0]), int(input_size[1])
-    resized = np.asarray(image.resize((w, h), RESIZE_FILTERS[resize]), dtype=np.uint8)
+    resized = np.asarray(resize_rgb(image, int(input_size[0]), int(input_size[1]), resize), dtype=np.uint8)
     return np.ascontiguousarray(resized.transpose(2, 0, 1))
 
 
