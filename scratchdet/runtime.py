@@ -103,10 +103,14 @@ class Detector:
         return results
 
 
-def _load_onnx(path: str) -> Detector:
+def _load_onnx(path: str, threads: int | None) -> Detector:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     metadata = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     first = session.get_inputs()[0]
     batch = first.shape[0] if isinstance(first.shape[0], int) else None
@@ -114,7 +118,7 @@ def _load_onnx(path: str) -> Detector:
                     "onnxruntime")
 
 
-def _load_openvino(path: str, device: str) -> Detector:
+def _load_openvino(path: str, device: str, threads: int | None) -> Detector:
     import openvino as ov
 
     core = ov.Core()
@@ -125,7 +129,10 @@ def _load_openvino(path: str, device: str) -> Detector:
             metadata[key] = json.loads(model.get_rt_info(["scratchdet", key]).astype(str))
     shape = model.input(0).get_partial_shape()
     batch = None if shape[0].is_dynamic else shape[0].get_length()
-    compiled = core.compile_model(model, device, {"INFERENCE_PRECISION_HINT": "f32"})
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    compiled = core.compile_model(model, device, config)
     outputs = {name: compiled.output(name) for name in OUTPUTS}
 
     def run(x):
@@ -134,15 +141,16 @@ def _load_openvino(path: str, device: str) -> Detector:
     return Detector(run, metadata, batch, "openvino")
 
 
-def load(path: str | os.PathLike, device: str = "CPU") -> Detector:
+def load(path: str | os.PathLike, device: str = "CPU", threads: int | None = None) -> Detector:
     """A whole-detector export: ``.onnx`` (ONNX Runtime, CPU) or ``.xml`` (OpenVINO on ``device``, float32
-    precision so results match the eager model)."""
+    precision so results match the eager model). ``threads``: the runtime's intra-op threads (default: the
+    runtime's own choice, one per physical core)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"scratchdet.runtime.load: no such file: {path}")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".onnx":
-        return _load_onnx(path)
+        return _load_onnx(path, threads)
     if ext == ".xml":
-        return _load_openvino(path, device)
+        return _load_openvino(path, device, threads)
     raise ValueError(f"scratchdet.runtime.load: expected a .onnx or OpenVINO .xml file, got {path}")

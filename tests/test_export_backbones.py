@@ -120,8 +120,14 @@ def test_raw_outputs_equal_the_eager_detections_at_batch_1_and_4(exported):
 
 def test_metadata_of_the_user_and_timm_exports(exported):
     kind, model, out = exported
+    images = _images(2, seed=9)
     for fmt in ("model.onnx", "model.xml"):
         meta = runtime.load(out / fmt).metadata
         assert meta["input_size"] == [64, 64] and meta["num_classes"] == 4
         assert {k: meta[k] for k in SETTINGS} == SETTINGS
         assert meta["variances"] == [float(v) for v in model.variances]
+        # a pinned thread count (what the throughput benchmark uses) gives the same detections
+        pinned = runtime.load(out / fmt, threads=1).predict(images)
+        for a, b in zip(pinned, runtime.load(out / fmt).predict(images)):
+            assert a["labels"].tolist() == b["labels"].tolist()
+            np.testing.assert_allclose(a["scores"], b["scores"], rtol=0, atol=1e-6)
