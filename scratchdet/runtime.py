@@ -2,12 +2,15 @@
 
 The file is one written by ``scratchdet export`` (the whole detector, see
 :mod:`scratchdet.models.export`): uint8 images at the input size in, fixed-shape detections out. This
-module needs numpy, Pillow and ONNX Runtime (``.onnx``) or OpenVINO (``.xml``), nothing else: it
-imports no part of the package that needs torch, so it works where torch is not installed.
+module needs numpy, Pillow and ONNX Runtime (``.onnx``) or OpenVINO (``.xml``), nothing else: of the
+package it imports only :mod:`scratchdet.structures.image_io` (and the error types), which need no torch,
+so it works where torch is not installed.
 
-Images are brought to the input size as :func:`scratchdet.structures.image.resize_and_normalise` does
-(PIL RGB, then PIL ``resize`` with the model's filter, bilinear by default), so the pixels, and hence the
-detections, are those of ``model.predict``; the graph itself normalises with the model's mean and std.
+Images are read and brought to 8-bit RGB by the same functions ``model.predict`` and ``scratchdet detect``
+use (``image_io``: EXIF orientation applied, 16-bit images stretched by their range, alpha dropped), and
+resized to the input size as :func:`scratchdet.structures.image.resize_and_normalise` does (PIL ``resize``
+with the model's filter, bilinear by default), so the pixels, and hence the detections, are those of
+``model.predict``; the graph itself normalises with the model's mean and std.
 """
 from __future__ import annotations
 
@@ -18,39 +21,31 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from .structures.image_io import array_to_rgb, read_image, resize_rgb, to_rgb8
+
 __all__ = ["DETECTOR_FORMAT", "Detector", "load", "to_rgb", "resize_to_input"]
 
 DETECTOR_FORMAT = "scratchdet.detector.v1"     # the same string as scratchdet.models.export.DETECTOR_FORMAT
 OUTPUTS = ("num_detections", "boxes", "scores", "labels")
-RESIZE_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "box": Image.BOX}
 
 
 def to_rgb(image) -> Image.Image:
-    """A PIL image, a uint8 ``[H, W]`` / ``[H, W, C]`` array (C in 1, 3, 4) or an image file path -> PIL RGB
-    (alpha dropped, grey repeated), as ``scratchdet.structures.image.to_pil_rgb`` does."""
+    """An image file path, a PIL image (any mode) or a uint8 ``[H, W]`` / ``[H, W, C]`` array (C in 1, 3, 4)
+    -> PIL RGB, by the package's own reader and conversion (``scratchdet.structures.image_io``): a file is
+    read upright per its EXIF orientation, 16-bit and float images are stretched by their range, alpha is
+    dropped and grey repeated, exactly as for ``model.predict`` and ``scratchdet detect``."""
     if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as img:
-            return img.convert("RGB")
+        return read_image(image)
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb8(image)
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise TypeError(f"expected a uint8 image array, got {image.dtype}")
-        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise ValueError(f"expected an image array of shape [H, W] or [H, W, C] with C in (1, 3, 4), "
-                             f"got {list(image.shape)}")
-        array = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
-        array = array[:, :, :3] if array.ndim == 3 and array.shape[2] == 4 else array
-        if array.size == 0:
-            raise ValueError(f"expected a non-empty image, got shape {list(image.shape)}")
-        return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+        return array_to_rgb(image)
     raise TypeError(f"expected a PIL image, a uint8 HxWx3 array or an image path, got {type(image).__name__}")
 
 
 def resize_to_input(image: Image.Image, input_size: Sequence[int], resize: str = "bilinear") -> np.ndarray:
     """RGB PIL image -> uint8 ``[3, H, W]`` at ``input_size`` (height, width), PIL's filter ``resize``."""
-    h, w = int(input_size[0]), int(input_size[1])
-    resized = np.asarray(image.resize((w, h), RESIZE_FILTERS[resize]), dtype=np.uint8)
+    resized = np.asarray(resize_rgb(image, int(input_size[0]), int(input_size[1]), resize), dtype=np.uint8)
     return np.ascontiguousarray(resized.transpose(2, 0, 1))
 
 
@@ -108,10 +103,14 @@ class Detector:
         return results
 
 
-def _load_onnx(path: str) -> Detector:
+def _load_onnx(path: str, threads: int | None) -> Detector:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     metadata = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     first = session.get_inputs()[0]
     batch = first.shape[0] if isinstance(first.shape[0], int) else None
@@ -119,7 +118,7 @@ def _load_onnx(path: str) -> Detector:
                     "onnxruntime")
 
 
-def _load_openvino(path: str, device: str) -> Detector:
+def _load_openvino(path: str, device: str, threads: int | None) -> Detector:
     import openvino as ov
 
     core = ov.Core()
@@ -130,7 +129,10 @@ def _load_openvino(path: str, device: str) -> Detector:
             metadata[key] = json.loads(model.get_rt_info(["scratchdet", key]).astype(str))
     shape = model.input(0).get_partial_shape()
     batch = None if shape[0].is_dynamic else shape[0].get_length()
-    compiled = core.compile_model(model, device, {"INFERENCE_PRECISION_HINT": "f32"})
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    compiled = core.compile_model(model, device, config)
     outputs = {name: compiled.output(name) for name in OUTPUTS}
 
     def run(x):
@@ -139,15 +141,16 @@ def _load_openvino(path: str, device: str) -> Detector:
     return Detector(run, metadata, batch, "openvino")
 
 
-def load(path: str | os.PathLike, device: str = "CPU") -> Detector:
+def load(path: str | os.PathLike, device: str = "CPU", threads: int | None = None) -> Detector:
     """A whole-detector export: ``.onnx`` (ONNX Runtime, CPU) or ``.xml`` (OpenVINO on ``device``, float32
-    precision so results match the eager model)."""
+    precision so results match the eager model). ``threads``: the runtime's intra-op threads (default: the
+    runtime's own choice, one per physical core)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"scratchdet.runtime.load: no such file: {path}")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".onnx":
-        return _load_onnx(path)
+        return _load_onnx(path, threads)
     if ext == ".xml":
-        return _load_openvino(path, device)
+        return _load_openvino(path, device, threads)
     raise ValueError(f"scratchdet.runtime.load: expected a .onnx or OpenVINO .xml file, got {path}")

@@ -34,6 +34,10 @@ def register(sub):
                    help="the whole detector with post-processing and NMS (default); --no-nms: raw (loc, logits)")
     p.add_argument("--dynamic", action="store_true",
                    help="a dynamic batch dimension (default: fixed at --batch-size; the raw export is always dynamic)")
+    p.add_argument("--half", action="store_true",
+                   help="float16 weights in model.onnx and model.xml (about half the size), float32 computation: the "
+                        "weights are rounded to float16 first, and each file is checked against that rounded model "
+                        "with the usual tolerances; the change from the float32 model is printed. Whole detector only")
     p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size without --dynamic (default 1)")
     p.add_argument("--score-threshold", type=float, default=None, help="default: the model's")
     p.add_argument("--nms-threshold", type=float, default=None, help="default: the model's")
@@ -56,6 +60,8 @@ def parse_formats(text: str, nms: bool) -> set[str]:
 
 def run(args):
     formats = parse_formats(args.format, args.nms)
+    if args.half and not args.nms:
+        raise CLIError("--half applies to the whole-detector export: drop --no-nms")
     if args.nms and args.opset < 18:
         raise CLIError(f"--opset {args.opset}: the whole detector needs opset >= 18 (or export --no-nms)")
     if args.batch_size < 1:
@@ -100,7 +106,7 @@ def _export_detector(model, out: str, formats: set[str], args, overrides: dict) 
         start = time.perf_counter()
         try:
             summary = export.export_detector_onnx(model, onnx_path, dynamic=args.dynamic, batch_size=args.batch_size,
-                                                  opset=args.opset, **overrides)
+                                                  opset=args.opset, half=args.half, **overrides)
         except export.ExportCheckError as exc:
             raise CLIError(f"model.onnx not written: {exc}") from None
         if "onnx" in formats:
@@ -118,6 +124,11 @@ def _export_detector(model, out: str, formats: set[str], args, overrides: dict) 
 
 
 def _checked(summary: dict, seconds: float) -> str:
-    return (f"checked against the eager model on {summary['images']} images, {summary['detections']} detections, "
-            f"max score error {summary['max_score_error']:.1e}, max box error {summary['max_box_error']:.1e} px; "
-            f"{seconds:.1f} s")
+    half = "max_score_change_from_fp32" in summary
+    against = "the eager model with float16-rounded weights" if half else "the eager model"
+    text = (f"checked against {against} on {summary['images']} images, {summary['detections']} detections, "
+            f"max score error {summary['max_score_error']:.1e}, max box error {summary['max_box_error']:.1e} px")
+    if half:
+        text += (f"; float16 weights moved scores by up to {summary['max_score_change_from_fp32']:.1e} from the "
+                 f"float32 model")
+    return f"{text}; {seconds:.1f} s"

@@ -18,6 +18,16 @@ output shape must be given up front (tried with torch 2.14: a placeholder ``[5, 
 output's shape and ONNX Runtime warns when 20 rows come back), and everything after it would be traced
 with that made-up shape.
 
+``half=True`` stores the weights in float16 (about half the file); the computation stays float32 in both
+runtimes. The eager model's parameters and floating buffers (BatchNorm statistics; not the priors) are
+rounded to float16 before export (:func:`round_weights_to_half`), and every constant that float16 then holds
+exactly is stored as float16 followed by a cast to float32 (ONNX ``Cast``, OpenVINO ``Convert``): lossless,
+so both runtimes are checked with the float32 tolerances against the eager model with the rounded weights.
+(OpenVINO's ``compress_to_fp16`` is not used: it also rounds the priors and the BatchNorm scales OpenVINO
+derives, which moves boxes by up to 5e-4 of the input side and flips detections at the keep_top_k
+boundary.) How far the weight rounding moved the detections from the float32 model's is reported,
+unchecked, as ``max_score_change_from_fp32`` (about 1e-4 for the demo model).
+
 Semantics (``scratchdet.ops.reference.detect`` is the spec) and where they can differ:
 
 * softmax over classes; boxes decoded against the priors (a constant of the graph) with the model's
@@ -43,6 +53,7 @@ Semantics (``scratchdet.ops.reference.detect`` is the spec) and where they can d
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -57,7 +68,7 @@ from .ssd import DETECT_DEFAULTS, SSDRawOutputs, check_detect_settings
 
 __all__ = ["DETECTOR_FORMAT", "ExportCheckError", "UInt8Normalise", "detector_settings", "detector_metadata",
            "detector_graph", "export_detector_onnx", "export_detector_openvino", "reference_detections",
-           "check_detections", "check_images", "export_onnx", "export_program"]
+           "check_detections", "check_images", "export_onnx", "export_program", "round_weights_to_half"]
 
 DETECTOR_FORMAT = "scratchdet.detector.v1"   # metadata "format": the output layout described above
 DETECTOR_INPUT = "images"
@@ -70,6 +81,63 @@ BOX_ATOL = 1e-3               # ... plus 1/1000 pixel for coordinates near 0 (fl
 
 class ExportCheckError(RuntimeError):
     """The exported detector's output differs from the eager model's: the file is not written."""
+
+
+# --------------------------------------------------------------------------- float16 weights
+def round_weights_to_half(model):
+    """A copy of ``model`` whose parameters and floating buffers (BatchNorm statistics) are rounded to the
+    nearest float16 and kept in float32: what a ``half=True`` export computes. The priors are not rounded
+    (the post-processing graph keeps them in float32)."""
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, tensor in [*rounded.named_parameters(), *rounded.named_buffers()]:
+            if tensor.is_floating_point() and name.split(".")[-1] != "priors":
+                tensor.copy_(tensor.half().float())
+    return rounded
+
+
+def _store_initializers_as_half(graph) -> int:
+    """Each float32 initializer of ``graph`` whose values float16 holds exactly -> a float16 initializer and a
+    ``Cast`` to float32 under the old name (lossless). Returns how many were converted."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    casts, converted = [], 0
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(init)
+        with np.errstate(over="ignore"):        # a value beyond float16's range fails the test below
+            halves = values.astype(np.float16)
+        if values.size < 2 or not np.array_equal(halves.astype(np.float32), values, equal_nan=True):
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(halves, f"{name}.fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}.fp16"], [name], name=f"{name}.to_fp32",
+                                      to=TensorProto.FLOAT))
+        converted += 1
+    for i, node in enumerate(casts):
+        graph.node.insert(i, node)
+    return converted
+
+
+def _store_constants_as_half(ov_model) -> int:
+    """The OpenVINO counterpart of :func:`_store_initializers_as_half`: each float32 Constant that float16
+    holds exactly -> a float16 Constant and a Convert to float32 (lossless). Returns how many."""
+    import openvino as ov
+    import openvino.opset13 as ov_ops
+
+    converted = 0
+    for op in list(ov_model.get_ops()):
+        if op.get_type_name() != "Constant" or op.get_output_element_type(0) != ov.Type.f32:
+            continue
+        values = op.get_data()
+        with np.errstate(over="ignore"):
+            halves = values.astype(np.float16)
+        if values.size < 2 or not np.array_equal(halves.astype(np.float32), values, equal_nan=True):
+            continue
+        op.output(0).replace(ov_ops.convert(ov_ops.constant(halves), ov.Type.f32).output(0))
+        converted += 1
+    return converted
 
 
 # --------------------------------------------------------------------------- the network part
@@ -348,6 +416,27 @@ def _run_checked(run: Callable[[np.ndarray], dict], model, settings: dict, runti
     return check_detections(reference_detections(model, images, settings), got, runtime)
 
 
+def _change_from_fp32(run: Callable[[np.ndarray], dict], model, settings: dict, batch_size: int | None) -> dict:
+    """How far a float16-weight export's detections are from the float32 model's, reported, not checked:
+    the largest score change among detections matched by label and best overlap, and how many images
+    changed their detection count."""
+    count = 4 if batch_size is None else batch_size * math.ceil(4 / batch_size)
+    images = check_images(count, model.input_size, seed=1)
+    chunk = batch_size or len(images)
+    got = []
+    for start in range(0, len(images), chunk):
+        got += _unpad(run(images[start:start + chunk]))
+    worst, changed = 0.0, 0
+    for e, g in zip(reference_detections(model, images, settings), got):
+        changed += int(len(e["scores"]) != len(g["scores"]))
+        for j in range(len(e["scores"])):
+            same = g["labels"] == e["labels"][j]
+            if same.any():
+                err = np.abs(g["boxes"][same] - e["boxes"][j]).max(axis=1)
+                worst = max(worst, float(abs(g["scores"][same][np.argmin(err)] - e["scores"][j])))
+    return {"max_score_change_from_fp32": worst, "images_with_another_count_than_fp32": changed}
+
+
 def _ort_runner(path: str) -> Callable[[np.ndarray], dict]:
     import onnxruntime as ort
 
@@ -380,7 +469,7 @@ def _temp_path(path: str, suffix: str) -> str:
 def export_detector_onnx(model, path: str, *, dynamic: bool = True, batch_size: int = 1, opset: int = 18,
                          images: np.ndarray | None = None, score_threshold: float | None = None,
                          nms_threshold: float | None = None, top_k: int | None = None,
-                         keep_top_k: int | None = None) -> dict:
+                         keep_top_k: int | None = None, half: bool = False) -> dict:
     """Write the whole detector as ONNX to ``path``, after checking it in ONNX Runtime.
 
     Input ``images``: uint8 ``[B, 3, H, W]`` RGB at the model's input size (``model.input_size``), B dynamic
@@ -398,6 +487,8 @@ def export_detector_onnx(model, path: str, *, dynamic: bool = True, batch_size: 
     The graph is written to a temporary name, run in ONNX Runtime on ``images`` (default: a few
     :func:`check_images`) and compared with :func:`reference_detections`; ExportCheckError on a mismatch
     (nothing written). Returns the check's summary with ``path`` added.
+
+    ``half``: float16 weights, float32 computation, checked against the rounded weights (module docstring).
     """
     import onnx
     import onnx.compose
@@ -407,18 +498,28 @@ def export_detector_onnx(model, path: str, *, dynamic: bool = True, batch_size: 
     settings = detector_settings(model, score_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k,
                                  keep_top_k=keep_top_k)
     model = model.eval()
+    full_precision = model
+    if half:
+        model = round_weights_to_half(model)
     path = os.fspath(path)
     net_module = UInt8Normalise(model)
     if dynamic:
         batch = torch.export.Dim("batch", min=1, max=1024)
         program = torch.onnx.export(net_module, (_example_uint8(model, 2),), dynamo=True, input_names=[DETECTOR_INPUT],
                                     output_names=["loc", "logits"], opset_version=opset, dynamic_shapes=({0: batch},),
-                                    verbose=False)
+                                    verbose=False, optimize=not half)
     else:
         program = torch.onnx.export(net_module, (_example_uint8(model, batch_size),), dynamo=True,
                                     input_names=[DETECTOR_INPUT], output_names=["loc", "logits"], opset_version=opset,
-                                    verbose=False)
+                                    verbose=False, optimize=not half)
     net = program.model_proto
+    # half: the exporter's optimiser is off, since it folds BatchNorm into the convs and the folded weights are
+    # no longer the rounded ones (ONNX Runtime and OpenVINO fold it when they load the graph, in float32)
+    if half:
+        _store_initializers_as_half(net.graph)
+    for n in net.graph.node:            # the exporter's per-node debug records (stack traces, source names): a
+        del n.metadata_props[:]         # third of a small model's file without the optimiser
+        n.doc_string = ""
     batch_dim = net.graph.input[0].type.tensor_type.shape.dim[0]
     batch_name = batch_dim.dim_param if batch_dim.dim_param else batch_dim.dim_value
     post = detector_graph(model.priors, model.variances, model.input_size, model.num_classes, settings, batch_name,
@@ -432,12 +533,16 @@ def export_detector_onnx(model, path: str, *, dynamic: bool = True, batch_size: 
         for n in full.graph.node:
             n.output[:] = [new if o == old else o for o in n.output]
     full.graph.name = "scratchdet_detector"
-    onnx.helper.set_model_props(full, detector_metadata(model, settings))
+    metadata = detector_metadata(model, settings)
+    metadata["weights_dtype"] = json.dumps("float16" if half else "float32")
+    onnx.helper.set_model_props(full, metadata)
     tmp = _temp_path(path, ".onnx")
     try:
         onnx.save(full, tmp)
-        summary = _run_checked(_ort_runner(tmp), model, settings, "onnxruntime",
-                               None if dynamic else batch_size, images)
+        run = _ort_runner(tmp)
+        summary = _run_checked(run, model, settings, "onnxruntime", None if dynamic else batch_size, images)
+        if half:
+            summary.update(_change_from_fp32(run, full_precision, settings, None if dynamic else batch_size))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -453,15 +558,26 @@ def read_onnx_metadata(path: str) -> dict:
 
 
 def export_detector_openvino(model, onnx_path: str, xml_path: str, *, images: np.ndarray | None = None) -> dict:
-    """OpenVINO IR (``.xml`` + ``.bin``, float32 weights) of a whole-detector ONNX file written by
+    """OpenVINO IR (``.xml`` + ``.bin``) of a whole-detector ONNX file written by
     :func:`export_detector_onnx`, its metadata as rt_info ``scratchdet/<key>``; checked in OpenVINO
-    (f32 inference precision) against the eager model before it is renamed into place."""
+    (f32 inference precision) against the eager model before it is renamed into place.
+
+    For an ONNX file exported with ``half=True``, the IR stores the same float16 weights: OpenVINO folds the
+    ONNX file's float16->float32 casts into float32 constants when it converts, so each float32 constant
+    that float16 holds exactly becomes a float16 constant and a ``Convert`` again (lossless;
+    ``compress_to_fp16`` is not used, since it would round every constant, the priors and the BatchNorm
+    scales OpenVINO derives included). The check is against :func:`round_weights_to_half` of ``model``,
+    with the float32 tolerances."""
     import openvino as ov
 
     meta = read_onnx_metadata(onnx_path)
     if meta.get("format") != DETECTOR_FORMAT:
         raise ValueError(f"{onnx_path} is not a scratchdet detector export (metadata format {meta.get('format')!r})")
     settings = {k: meta[k] for k in DETECT_DEFAULTS}
+    half = meta.get("weights_dtype") == "float16"
+    full_precision = model.eval()
+    if half:
+        model = round_weights_to_half(full_precision)
     ov_model = ov.convert_model(os.fspath(onnx_path))
     for key, value in meta.items():
         ov_model.set_rt_info(json.dumps(value), ["scratchdet", key])
@@ -471,9 +587,14 @@ def export_detector_openvino(model, onnx_path: str, xml_path: str, *, images: np
     tmp_bin = os.path.splitext(tmp)[0] + ".bin"
     batch = ov_model.input(0).get_partial_shape()[0]
     try:
+        if half:
+            _store_constants_as_half(ov_model)
         ov.save_model(ov_model, tmp, compress_to_fp16=False)
-        summary = _run_checked(_openvino_runner(tmp), model, settings, "openvino",
-                               None if batch.is_dynamic else batch.get_length(), images)
+        run = _openvino_runner(tmp)
+        fixed = None if batch.is_dynamic else batch.get_length()
+        summary = _run_checked(run, model, settings, "openvino", fixed, images)
+        if half:
+            summary.update(_change_from_fp32(run, full_precision, settings, fixed))
         os.replace(tmp_bin, bin_path)
         os.replace(tmp, xml_path)
     finally:
