@@ -221,7 +221,8 @@ def build_datasets(cfg: TrainConfig, dist: DistInfo | None = None):
         check_splits(source, cfg)
     spec = model_config(cfg)
     try:
-        train_tf = SSDTransform.from_config(spec, train=True, seed=cfg.seed, **cfg.augment)
+        tiling = {"tile": cfg.train_tile} if cfg.train_tile else {}
+        train_tf = SSDTransform.from_config(spec, train=True, seed=cfg.seed, **tiling, **cfg.augment)
     except TypeError as exc:
         raise ValueError(f"bad augment option: {exc}") from None
     val_tf = SSDTransform.from_config(spec, train=False)
