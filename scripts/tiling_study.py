@@ -37,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--tile", type=int, default=128, help="tile side in px; the demo network is 128 px (128)")
     p.add_argument("--overlap", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training option for both runs (scratchdet train --set), e.g. warmup_iters=30")
     return p.parse_args(argv)
 
 
@@ -70,8 +72,9 @@ def main(argv=None) -> int:
         synth.generate(data, args.train, args.val, seed=args.seed, image_size=args.image_size,
                        object_size=pair(args.object_size), objects=pair(args.objects, int), aspect=(1.0, 1.0))
     whole_run, tile_run = os.path.join(args.out, "whole"), os.path.join(args.out, "tiled")
-    seconds = {"whole": train(data, whole_run, args.iters, args.batch, []),
-               "tiled": train(data, tile_run, args.iters, args.batch, ["--set", f"train_tile={args.tile}"])}
+    options = [a for item in args.set for a in ("--set", item)]
+    seconds = {"whole": train(data, whole_run, args.iters, args.batch, options),
+               "tiled": train(data, tile_run, args.iters, args.batch, [*options, "--set", f"train_tile={args.tile}"])}
     whole_model = load(os.path.join(whole_run, "model_final.pt")).eval()
     tile_model = load(os.path.join(tile_run, "model_final.pt")).eval()
     val = VOCDataset(data, split="val", transform=SSDTransform.from_config(whole_model.config))
@@ -90,7 +93,8 @@ def main(argv=None) -> int:
 
     lines = [f"Synthetic set: {args.train} train / {args.val} val images of {args.image_size} px, objects "
              f"{args.object_size} px, {args.objects} per image; demo preset (128 px network), {args.iters} "
-             f"iterations per run; tiles {args.tile} px, overlap {args.overlap}.",
+             f"iterations of batch {args.batch} per run{''.join(', ' + s for s in args.set)}; tiles {args.tile} px, "
+             f"overlap {args.overlap}.",
              "",
              f"Training time: whole images {seconds['whole']:.0f} s, tiles {seconds['tiled']:.0f} s.",
              "",
