@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     r, t = timed(evaluate_tiled, tile_model, val, args.tile, args.overlap, whole_image=True)
     rows.append((f"tiles {args.tile}", f"tiled {args.tile} + whole-image pass", r["map"], t))
 
-    lines = [f"Synthetic set: {args.train} train / {args.val} val images of {args.image_size} px, objects "
+    lines = [f"Synthetic set: {args.train} train / {len(val)} val images of {args.image_size} px, objects "
              f"{args.object_size} px, {args.objects} per image; demo preset (128 px network), {args.iters} "
              f"iterations of batch {args.batch} per run{''.join(', ' + s for s in args.set)}; tiles {args.tile} px, "
              f"overlap {args.overlap}.",
@@ -124,7 +124,7 @@ def evaluate_pretrained(args, data: str) -> int:
     rows.append((f"tiled {args.tile}", r["map"], t))
     r, t = timed(evaluate_tiled, model, val, args.tile, args.overlap, whole_image=True)
     rows.append((f"tiled {args.tile} + whole-image pass", r["map"], t))
-    lines = [f"Model: {args.pretrained}; {args.val} val images of {args.image_size} px, objects {args.object_size} px, "
+    lines = [f"Model: {args.pretrained}; {len(val)} val images of {args.image_size} px, objects {args.object_size} px, "
              f"{args.objects} per image; tiles {args.tile} px, overlap {args.overlap}.", "",
              "| inference | VOC07 mAP@0.5 | eval time (s) |", "|---|---|---|"]
     lines += [f"| {a} | {m:.4f} | {t:.1f} |" for a, m, t in rows]
