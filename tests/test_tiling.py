@@ -17,6 +17,7 @@ import scratchdet
 from scratchdet.cli import main
 from scratchdet.data import SSDTransform, VOCDataset, synth
 from scratchdet.data.transforms import tile_crop
+from scratchdet.engine import hooks
 from scratchdet.engine.config import make_config
 from scratchdet.engine.tiled_eval import evaluate_tiled
 from scratchdet.models import build_model
@@ -328,3 +329,22 @@ def test_evaluate_tiled(model, tmp_path):
     direct = model.predict([np.asarray(Image.open(r.image_path).convert("RGB")) for r in val.records], tile=64)
     for a, b in zip(result["detections"], direct):
         assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+
+
+def test_training_on_tiles_evaluates_tiled(tmp_path, monkeypatch):
+    calls = []
+
+    def spy(model, dataset, tile, **kw):
+        calls.append(tile)
+        return evaluate_tiled(model, dataset, tile, **kw)
+    monkeypatch.setattr(hooks, "evaluate_tiled", spy)
+    synth.generate(tmp_path / "data", 4, 2, seed=0, image_size=200, object_size=(8, 20), objects=(2, 5))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(out), "--no-progress",
+                 "--set", 'model_overrides={"width": 8, "extra_channels": 16, "image_size": 64}',
+                 "--set", "batch_size=2", "--set", "max_iters=2", "--set", "workers=0",
+                 "--set", "train_tile=64"]) == 0
+    assert calls == [64]
+    with open(out / "metrics.jsonl") as f:
+        evals = [r for r in map(json.loads, f) if r.get("eval")]
+    assert len(evals) == 1 and 0.0 <= evals[0]["map"] <= 1.0
