@@ -22,8 +22,9 @@ from PIL import Image
 from ..engine.sources import Frame, Source, SourceError, batched, open_sources, prefetch
 from ..engine.visualize import draw_detections
 from ..models.fast_inference import FastPredictor
+from ..models.tiling import DEFAULT_OVERLAP, MIN_TILE
 from ..runtime import load as load_runtime
-from ._common import CLIError, existing_file, load_model, pick_device, threshold, writable_dir
+from ._common import CLIError, existing_file, finite_float, load_model, pick_device, threshold, writable_dir
 
 JSONL = "detections.jsonl"
 
@@ -48,6 +49,11 @@ def register(sub):
     p.add_argument("--device", default="auto", help="for --weights: cpu, cuda, cuda:1, ... (auto: a GPU if "
                                                     "there is one); --runtime runs on the CPU")
     p.add_argument("--fast", action="store_true", help="use the fused inference path (scratchdet.FastPredictor)")
+    p.add_argument("--tile", type=_tile_size, metavar="SIZE",
+                   help=f"detect in SIZE x SIZE windows of the image at its native resolution (>= {MIN_TILE}), "
+                        "merged by class-wise NMS: for images much larger than the network")
+    p.add_argument("--overlap", type=_overlap, default=DEFAULT_OVERLAP, metavar="F",
+                   help=f"with --tile: the windows' overlap, a fraction in [0, 1) ({DEFAULT_OVERLAP})")
     save = p.add_mutually_exclusive_group()
     save.add_argument("--save-video", action="store_true",
                       help="also write annotated videos of cameras and streams (video files always are, "
@@ -66,6 +72,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _tile_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < MIN_TILE:
+        raise argparse.ArgumentTypeError(f"expected a tile size in pixels, a whole number >= {MIN_TILE}, got {text!r}")
+    return value
+
+
+def _overlap(text: str) -> float:
+    value = finite_float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r}")
+    return value
+
+
 class _Predictor:
     """images (RGB uint8 HxWx3 arrays) -> per image (boxes, scores, labels) as CPU tensors."""
 
@@ -78,6 +101,8 @@ class _Predictor:
             raise CLIError("say which detector to run: --weights FILE (saved model) or --runtime FILE (exported)")
         if args.runtime and args.fast:
             raise CLIError("--fast applies to --weights; an exported detector (--runtime) is already fused")
+        if args.runtime and args.tile:
+            raise CLIError("--tile applies to --weights; run the saved model to detect in tiles")
 
     def __init__(self, args):
         if args.runtime:
@@ -98,10 +123,11 @@ class _Predictor:
             self._predict = (FastPredictor(model) if args.fast else model).predict
         self.names = list(names or [])
         self.batch = args.batch
+        self._tiling = {"tile": args.tile, "tile_overlap": args.overlap} if args.tile else {}
 
     def __call__(self, images: list[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         out = []
-        for pred in self._predict(images, batch_size=self.batch):
+        for pred in self._predict(images, batch_size=self.batch, **self._tiling):
             out.append(tuple(torch.as_tensor(pred[k]).cpu() for k in ("boxes", "scores", "labels")))
         return out
 

@@ -65,6 +65,43 @@ def _pixel_affine(rng, brightness=32.0, contrast=(0.5, 1.5), saturation=(0.5, 1.
     return m, b
 
 
+def tile_crop(size, boxes, tile, rng, object_prob=0.8, min_visible=0.5):
+    """A native-resolution ``tile`` x ``tile`` window of an image of ``size`` (w, h) for training on
+    tiles (YOLT): ``(window (x1, y1, x2, y2) in whole pixels, boxes in the window's pixels, keep)``.
+
+    With probability ``object_prob`` (and when there are boxes) the window is placed to contain a
+    randomly chosen box (whole when it fits), else anywhere; an image side shorter than ``tile`` is
+    taken whole. Boxes are clipped to the window; those with less than ``min_visible`` of their area
+    inside it are dropped (``keep`` False), not marked ignore: the loss has no ignore label, and a
+    sliver of an object is closer to background than to the object.
+    """
+    w, h = int(size[0]), int(size[1])
+    tw, th = min(int(tile), w), min(int(tile), h)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    target = boxes[rng.integers(len(boxes))] if len(boxes) and rng.random() < object_prob else None
+
+    def start(length, side, lo_edge, hi_edge):
+        if side >= length:
+            return 0
+        if target is None:
+            return int(rng.integers(0, length - side + 1))
+        lo, hi = max(0.0, hi_edge - side), min(float(length - side), lo_edge)   # windows holding the box whole
+        if lo > hi:                                                            # larger than a window: its centre
+            lo = hi = min(max((lo_edge + hi_edge - side) / 2, 0.0), length - side)
+        return int(np.clip(np.round(rng.uniform(lo, hi)), 0, length - side))
+
+    x1 = start(w, tw, *(target[[0, 2]] if target is not None else (0, 0)))
+    y1 = start(h, th, *(target[[1, 3]] if target is not None else (0, 0)))
+    window = (x1, y1, x1 + tw, y1 + th)
+    clipped = np.empty_like(boxes)
+    clipped[:, 0::2] = np.clip(boxes[:, 0::2], x1, x1 + tw) - x1
+    clipped[:, 1::2] = np.clip(boxes[:, 1::2], y1, y1 + th) - y1
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = (visible > 0) & (visible >= min_visible * area)
+    return window, clipped[keep], keep
+
+
 def _iou_many_to_many(a, b):
     """IoU [N, M] of continuous (x1, y1, x2, y2) boxes."""
     iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
@@ -101,11 +138,15 @@ class SSDTransform:
         photometric: apply the photometric distortion.
         mean, std: per-channel normalisation of [0, 1] RGB.
         resize: the resampling filter (``scratchdet.structures.image.RESIZE_FILTERS``).
+        tile: training only, 0 (off) or a window side in px: first take a native-resolution
+            window of that size (:func:`tile_crop`: biased to hold an object, boxes less than half
+            visible dropped), then augment it as a whole image. For images much larger than the
+            network (YOLT); evaluate such a model with tiled inference at the same size.
     """
 
     def __init__(self, size, train=True, seed=None, drop_difficult=False, expand_prob=0.5, max_expand=4.0,
                  min_ious=(0.1, 0.3, 0.5, 0.7, 0.9), min_crop=0.3, flip_prob=0.5, photometric=True,
-                 mean=MEAN, std=STD, resize="bilinear"):
+                 mean=MEAN, std=STD, resize="bilinear", tile=0):
         try:
             check_input_spec(size, mean, std, resize)
         except ValueError as exc:
@@ -126,6 +167,9 @@ class SSDTransform:
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.resize = resize
+        if tile and not (float(tile) == int(tile) and int(tile) >= 32):
+            raise ConfigError(f"SSDTransform: tile must be 0 (off) or a window side >= 32 px, got {tile}")
+        self.tile = int(tile)
         self._calls = 0
 
     @classmethod
@@ -160,6 +204,9 @@ class SSDTransform:
             if self.drop_difficult:
                 keep = ~difficult
                 boxes, labels, difficult = boxes[keep], labels[keep], difficult[keep]
+            if self.tile:
+                window, boxes, keep = tile_crop(image.size, boxes, self.tile, rng)
+                image, labels, difficult = image.crop(window), labels[keep], difficult[keep]
             pixels, boxes, keep = self._augment(image, boxes, rng)
             labels, difficult = labels[keep], difficult[keep]
         else:

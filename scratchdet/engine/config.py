@@ -66,6 +66,10 @@ class TrainConfig:
     out_dir: str = "runs/train"
     eval_max_images: int = 0             # 0: the whole val split
     augment: dict = field(default_factory=dict)  # SSDTransform options, e.g. {"max_expand": 2.0}
+    # training on tiles (YOLT, for images much larger than the network): 0 off; SIZE: each training
+    # sample is a native-resolution SIZE x SIZE window of its image (SSDTransform's tile), and
+    # evaluation runs tiled inference (model.predict(tile=SIZE)) on the whole validation images
+    train_tile: int = 0
     # weight EMA (engine/ema.py): evaluation, best_model.pt and model_final.pt use the average.
     # decay_t = ema_decay * (1 - exp(-t / ema_warmup)) after t updates, so the averaging window,
     # about 1 / (1 - decay_t) steps, grows roughly as exp(t / ema_warmup) up to 1 / (1 - ema_decay).
@@ -252,6 +256,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.image_size not in ("", "auto"):
         raise ConfigError(f"image_size must be 'auto' (from the training data) or empty (the model's), got "
                           f"{cfg.image_size!r}; set a fixed size with model_overrides='{{\"image_size\": 320}}'")
+    if cfg.train_tile != 0 and cfg.train_tile < 32:
+        raise ConfigError(f"train_tile must be 0 (off) or a window side >= 32 px, got {cfg.train_tile}")
     try:  # a typo in the model or its overrides fails here, not after the data set is built
         resolve_config(cfg.model, **cfg.model_overrides)
     except (ValueError, TypeError) as exc:

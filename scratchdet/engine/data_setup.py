@@ -214,7 +214,8 @@ def coco_paths(cfg: TrainConfig, which: str) -> tuple[str, str] | None:
 def build_transforms(cfg: TrainConfig, spec) -> tuple[SSDTransform, SSDTransform]:
     """The training (augmenting, seeded) and evaluation transforms for a model config ``spec``."""
     try:
-        train_tf = SSDTransform.from_config(spec, train=True, seed=cfg.seed, **cfg.augment)
+        tiling = {"tile": cfg.train_tile} if cfg.train_tile else {}  # native-resolution crops (train_tile)
+        train_tf = SSDTransform.from_config(spec, train=True, seed=cfg.seed, **tiling, **cfg.augment)
     except TypeError as exc:
         raise ValueError(f"bad augment option: {exc}") from None
     return train_tf, SSDTransform.from_config(spec, train=False)

@@ -36,6 +36,7 @@ from ..structures.files import atomic_save
 from .checkpoint import checkpoint_path, prune_checkpoints
 from .distributed import barrier
 from .schedule import lr_factor
+from .tiled_eval import evaluate_tiled
 from .training_log import GradFluctuation
 
 if TYPE_CHECKING:
@@ -228,9 +229,13 @@ class EvaluationHook(HookBase):
         trainer.sync_buffers()
         if trainer.dist.is_main and trainer.val_set is not None:
             model = trainer.evaluation_model()      # the weight EMA when it is on
-            result = evaluate_model(model, trainer.val_set, batch_size=cfg.batch_size, device=trainer.device,
-                                    max_images=cfg.eval_max_images, workers=trainer.workers,
-                                    memory_format=trainer.memory_format)
+            if cfg.train_tile:      # trained on tiles: evaluated by tiled inference on the whole images
+                result = evaluate_tiled(model, trainer.val_set, cfg.train_tile, max_images=cfg.eval_max_images,
+                                        batch_size=cfg.batch_size)
+            else:
+                result = evaluate_model(model, trainer.val_set, batch_size=cfg.batch_size, device=trainer.device,
+                                        max_images=cfg.eval_max_images, workers=trainer.workers,
+                                        memory_format=trainer.memory_format)
             self.history.append((trainer.iteration, result["map"]))
             record = {"iter": trainer.iteration, "map": result["map"], "eval": True}
             if "coco" in result:

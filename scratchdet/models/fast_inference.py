@@ -18,6 +18,7 @@ from . import conv_backends
 from .conv_backends import use_onednn_prepack, use_tuned_backends, use_winograd
 from .fuse import fuse
 from .ssd import predict_images
+from .tiling import DEFAULT_OVERLAP, check_tiling, predict_tiled
 
 __all__ = ["FastPredictor"]
 
@@ -143,8 +144,17 @@ class FastPredictor:
     # ------------------------------------------------------------------ images in, detections out
     @torch.inference_mode()
     def predict(self, images, score_threshold: float | None = None, nms_threshold: float | None = None,
-                top_k: int | None = None, keep_top_k: int | None = None, batch_size: int = 16) -> list[dict]:
-        """``SSD.predict`` on the fused network: the same arguments, preprocessing and results."""
+                top_k: int | None = None, keep_top_k: int | None = None, batch_size: int = 16,
+                tile: int | None = None, tile_overlap: float = DEFAULT_OVERLAP,
+                tile_whole_image: bool = False) -> list[dict]:
+        """``SSD.predict`` on the fused network: the same arguments (tiling included), preprocessing and results."""
+        if tile is not None:
+            settings = self.model.resolve_detect_settings(score_threshold=score_threshold, nms_threshold=nms_threshold,
+                                                          top_k=top_k, keep_top_k=keep_top_k)
+            check_tiling(tile, tile_overlap)
+            return predict_tiled(
+                lambda crops: self.predict(crops, score_threshold, nms_threshold, top_k, keep_top_k, batch_size),
+                images, tile, tile_overlap, settings["nms_threshold"], settings["keep_top_k"], tile_whole_image)
         def detect_batch(batch):
             return self(batch, score_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k,
                         keep_top_k=keep_top_k)

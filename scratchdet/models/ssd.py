@@ -24,6 +24,7 @@ from .families import FAMILIES, features_list, generic_parts, resolve_norms
 from .layers import ConvNormAct, init_weights
 from .loss import MultiBoxLoss
 from .priors import source_prior_shapes, tile_priors
+from .tiling import DEFAULT_OVERLAP, check_tiling, predict_tiled
 from .transform import postprocess, preprocess
 
 __all__ = ["SSD", "SSDRawOutputs", "INPUT_DEFAULTS", "DETECT_DEFAULTS", "check_detect_settings",
@@ -248,7 +249,9 @@ class SSD(nn.Module):
 
     @torch.inference_mode()
     def predict(self, images, score_threshold: float | None = None, nms_threshold: float | None = None,
-                top_k: int | None = None, keep_top_k: int | None = None, batch_size: int = 16) -> list[dict]:
+                top_k: int | None = None, keep_top_k: int | None = None, batch_size: int = 16,
+                tile: int | None = None, tile_overlap: float = DEFAULT_OVERLAP,
+                tile_whole_image: bool = False) -> list[dict]:
         """Detect objects in images of any size (PIL images, uint8 arrays, ``[3, H, W]`` tensors).
 
         Preprocessing and the default thresholds are the model's (``model.config``); a threshold
@@ -256,11 +259,21 @@ class SSD(nn.Module):
         (x1, y1, x2, y2 in the image's own pixels), ``scores [K]``, ``labels [K]`` (1..C-1),
         best first. :class:`scratchdet.FastPredictor` has the same ``predict``, fused.
 
-        A threshold or count that is NaN, infinite or out of range raises :class:`ConfigError`
-        naming it, before any image is processed.
+        ``tile``: detect in ``tile`` x ``tile`` windows at the image's native resolution, overlapping
+        by the fraction ``tile_overlap``, merged by the edge rule and class-wise NMS
+        (:mod:`scratchdet.models.tiling`); ``tile_whole_image`` adds the resized whole image's
+        detections before the merge. An image no larger than a tile gives exactly the plain result.
+
+        A threshold, count or tiling value that is NaN, infinite or out of range raises
+        :class:`ConfigError` naming it, before any image is processed.
         """
-        self.resolve_detect_settings(score_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k,
-                                     keep_top_k=keep_top_k)
+        settings = self.resolve_detect_settings(score_threshold=score_threshold, nms_threshold=nms_threshold,
+                                                top_k=top_k, keep_top_k=keep_top_k)
+        if tile is not None:
+            check_tiling(tile, tile_overlap)
+            return predict_tiled(
+                lambda crops: self.predict(crops, score_threshold, nms_threshold, top_k, keep_top_k, batch_size),
+                images, tile, tile_overlap, settings["nms_threshold"], settings["keep_top_k"], tile_whole_image)
         was_training = self.training
         self.eval()
         try:
