@@ -24,6 +24,7 @@ from ..engine.visualize import draw_detections
 from ..models.fast_inference import FastPredictor
 from ..runtime import load as load_runtime
 from ._common import CLIError, existing_file, load_model, pick_device, threshold, writable_dir
+from .quantize import load_int8
 
 JSONL = "detections.jsonl"
 
@@ -48,6 +49,8 @@ def register(sub):
     p.add_argument("--device", default="auto", help="for --weights: cpu, cuda, cuda:1, ... (auto: a GPU if "
                                                     "there is one); --runtime runs on the CPU")
     p.add_argument("--fast", action="store_true", help="use the fused inference path (scratchdet.FastPredictor)")
+    p.add_argument("--int8", action="store_true",
+                   help="--weights is an int8 file written by scratchdet quantize (CPU)")
     save = p.add_mutually_exclusive_group()
     save.add_argument("--save-video", action="store_true",
                       help="also write annotated videos of cameras and streams (video files always are, "
@@ -78,6 +81,8 @@ class _Predictor:
             raise CLIError("say which detector to run: --weights FILE (saved model) or --runtime FILE (exported)")
         if args.runtime and args.fast:
             raise CLIError("--fast applies to --weights; an exported detector (--runtime) is already fused")
+        if args.int8 and (args.runtime or args.fast):
+            raise CLIError("--int8 runs an int8 file given as --weights; drop --runtime / --fast")
 
     def __init__(self, args):
         if args.runtime:
@@ -92,7 +97,7 @@ class _Predictor:
             self._predict = self._detector.predict
             names = self._detector.class_names
         else:
-            model = load_model(args.weights, pick_device(args.device))
+            model = (load_int8(args.weights) if args.int8 else load_model(args.weights, pick_device(args.device)))
             names = getattr(model, "class_names", None) or [str(i) for i in range(1, model.num_classes)]
             # FastPredictor: BN folded, conv+residual+ReLU fused, channels_last
             self._predict = (FastPredictor(model) if args.fast else model).predict
