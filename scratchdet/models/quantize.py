@@ -94,7 +94,7 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quantize_activation(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """fp32 -> uint8 with (scale, zero point), round half to even, saturating."""
-    return torch.round(x / scale).add_(zero_point).clamp_(0, 255).to(torch.uint8)
+    return torch.div(x, scale).round_().add_(zero_point).clamp_(0, 255).to(torch.uint8)
 
 
 class _RangeObserver:
@@ -136,6 +136,7 @@ class Int8Conv(nn.Module):
         self.register_buffer("qweight", q)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float().clone())
+        self.register_buffer("weight_zero_point", torch.zeros(q.shape[0], dtype=torch.long), persistent=False)
         self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
         self.groups, self.relu = int(conv.groups), bool(conv.relu)
         self.in_q = _qparams_from_range(*in_range)
@@ -143,7 +144,8 @@ class Int8Conv(nn.Module):
         lo, hi = out_range
         self.out_q = _qparams_from_range(0.0 if self.relu else lo, hi)
         self.emit_uint8 = False
-        self.clone_residual = True       # oneDNN's sum post-op writes into the residual
+        self.clone_residual = True       # oneDNN's sum post-op writes into the residual: unless the plan
+                                         # saw this conv read it last, it works on a copy
         self._packed = None              # (key, oneDNN weight): never saved or copied
         self._plan_hook = None
 
@@ -174,7 +176,7 @@ class Int8Conv(nn.Module):
         out_scale, out_zp = self.out_q if self.emit_uint8 else (1.0, 0)
         out_dtype = None if self.emit_uint8 else torch.float32
         w = self._weight(x.shape)
-        zeros = torch.zeros(w.shape[0], dtype=torch.long)
+        zeros = self.weight_zero_point
         unary = "relu" if self.relu else "none"
         if residual is None:
             return torch.ops.onednn.qconv2d_pointwise(x, self.in_q[0], self.in_q[1], w, self.weight_scale, zeros,
@@ -286,16 +288,18 @@ class _PlanMode(TorchFunctionMode):
     """During the planning forward: any torch function (outside an int8 conv) that reads an int8
     conv's output makes that output fp32."""
 
-    def __init__(self, producers: dict):
+    def __init__(self, producers: dict, reads: dict):
         super().__init__()
-        self.producers, self.must_float, self.inside = producers, set(), 0
+        self.producers, self.reads, self.must_float, self.inside = producers, reads, set(), 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if not self.inside:
             for a in _flat(args) + _flat(list(kwargs.values())):
-                if isinstance(a, torch.Tensor) and id(a) in self.producers:
-                    self.must_float.add(self.producers[id(a)][0])
+                if isinstance(a, torch.Tensor):
+                    self.reads.setdefault(id(a), [a]).append("other")
+                    if id(a) in self.producers:
+                        self.must_float.add(self.producers[id(a)][0])
         return func(*args, **kwargs)
 
 
@@ -316,12 +320,15 @@ def _plan(qmodel: nn.Module, example: torch.Tensor) -> list[str]:
     name_of = {id(m): n for n, m in convs.items()}
     producers: dict[int, tuple[str, torch.Tensor]] = {}     # id(output) -> (producer, output kept alive)
     consumers: dict[str, list[tuple[str, str]]] = {n: [] for n in convs}   # producer -> [(consumer, "x"|"res")]
-    mode = _PlanMode(producers)
+    reads: dict[int, list] = {}     # id(tensor) -> [tensor, readers in order: (conv name, "x"|"res") or "other"]
+    mode = _PlanMode(producers, reads)
 
     def plan_hook(conv, x, residual):
         for what, t in (("x", x), ("res", residual)):
-            if t is not None and id(t) in producers:
-                consumers[producers[id(t)][0]].append((name_of[id(conv)], what))
+            if t is not None:
+                reads.setdefault(id(t), [t]).append((name_of[id(conv)], what))   # [0] keeps t (its id) alive
+                if id(t) in producers:
+                    consumers[producers[id(t)][0]].append((name_of[id(conv)], what))
 
     def on_output(module, args, out):
         producers[id(out)] = (name_of[id(module)], out)
@@ -359,7 +366,12 @@ def _plan(qmodel: nn.Module, example: torch.Tensor) -> list[str]:
                 target._packed = None
             else:
                 target.res_q = producer.out_q
-                target.clone_residual = len(uses) > 1
+    for conv in convs.values():
+        conv.clone_residual = True
+    for _, *tensor_reads in reads.values():      # a residual read last may be overwritten in place
+        last = tensor_reads[-1]
+        if last != "other" and last[1] == "res" and tensor_reads.count(last) == 1:
+            convs[last[0]].clone_residual = False
     return emitting
 
 
