@@ -165,3 +165,18 @@ def test_cli_quantize_eval_detect(demo_model, tmp_path, capsys):
     assert "is not an int8 file" in capsys.readouterr().err
     assert main(["quantize", "--weights", str(weights), "--calib", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "calibration folder" in capsys.readouterr().err
+
+
+def test_cli_eval_scores_the_int8_file(tmp_path, capsys):
+    data = tmp_path / "synth"
+    assert main(["synth", "--out", str(data), "--train", "4", "--val", "3", "--workers", "1"]) == 0
+    classes = (data / "classes.txt").read_text().split()
+    torch.manual_seed(0)
+    model = build_model("root_resnet_demo", num_classes=len(classes) + 1).eval()
+    model.class_names = classes
+    weights, out = tmp_path / "fp32.pt", tmp_path / "q.pt"
+    scratchdet.save(model, weights)
+    assert main(["quantize", "--weights", str(weights), "--calib", str(data), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--weights", str(out), "--data", str(data), "--split", "val", "--device", "cpu"]) == 0
+    assert "mAP" in capsys.readouterr().out
