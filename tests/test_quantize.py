@@ -180,3 +180,22 @@ def test_cli_eval_scores_the_int8_file(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--weights", str(out), "--data", str(data), "--split", "val", "--device", "cpu"]) == 0
     assert "mAP" in capsys.readouterr().out
+
+
+def test_max_pool_passes_uint8_on(demo_model):
+    # quantisation is monotonic, so pooling the uint8 tensor is pooling then quantising, exactly
+    x = (torch.randn(2, 8, 17, 17) * 3).contiguous(memory_format=torch.channels_last)
+    scale, zp = 0.05, 60
+    with q._Uint8Pooling():
+        pooled = torch.nn.functional.max_pool2d(q.quantize_activation(x, scale, zp), 3, 2, 1)
+    assert pooled.dtype == torch.uint8 and pooled.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(pooled, q.quantize_activation(torch.nn.functional.max_pool2d(x, 3, 2, 1), scale, zp))
+    predictor = scratchdet.quantize(demo_model, _images(4))
+    stem_out = predictor.model.backbone.stem[2]            # read only by the max-pool, then int8 convs
+    assert predictor.model.uint8_pooling and stem_out.emit_uint8
+    batch, _ = demo_model.preprocess(_images(2, seed=4))
+    pooled_uint8 = predictor.forward_raw(batch)
+    stem_out.emit_uint8 = False                              # fp32 through the pool, quantised after it
+    pooled_float = predictor.forward_raw(batch)
+    for a, b in zip(pooled_uint8, pooled_float):             # the requantisation's rounding, nothing more
+        assert (a - b).abs().max() <= 0.02 * b.abs().max()

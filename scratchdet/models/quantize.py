@@ -291,15 +291,44 @@ class _PlanMode(TorchFunctionMode):
     def __init__(self, producers: dict, reads: dict):
         super().__init__()
         self.producers, self.reads, self.must_float, self.inside = producers, reads, set(), 0
+        self.pooled: set[str] = set()      # producers whose output goes through a max-pool
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if not self.inside and _is_uint8_pool(func, args, kwargs) and id(args[0]) in self.producers:
+            # max-pooling commutes with the (monotonic) quantisation: the pooled tensor is its input's
+            # producer's output too, and a uint8 producer stays uint8 through it (_Uint8Pooling)
+            self.reads.setdefault(id(args[0]), [args[0]]).append("other")
+            out = func(*args, **kwargs)
+            self.producers[id(out)] = (self.producers[id(args[0])][0], out)
+            self.pooled.add(self.producers[id(args[0])][0])
+            return out
         if not self.inside:
             for a in _flat(args) + _flat(list(kwargs.values())):
                 if isinstance(a, torch.Tensor):
                     self.reads.setdefault(id(a), [a]).append("other")
                     if id(a) in self.producers:
                         self.must_float.add(self.producers[id(a)][0])
+        return func(*args, **kwargs)
+
+
+_MAX_POOLS = (torch.nn.functional.max_pool2d, torch.max_pool2d)
+
+
+def _is_uint8_pool(func, args, kwargs) -> bool:
+    """A max-pool (without indices) that may take a uint8 producer's output."""
+    return (func in _MAX_POOLS and len(args) > 0 and isinstance(args[0], torch.Tensor) and args[0].dim() == 4
+            and not kwargs.get("return_indices", False) and not (len(args) > 6 and args[6]))
+
+
+class _Uint8Pooling(TorchFunctionMode):
+    """At run time: a max-pool on a uint8 channels_last tensor (which torch's CPU max-pool refuses)
+    runs on the contiguous layout and is handed back channels_last; everything else passes."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if _is_uint8_pool(func, args, kwargs) and args[0].dtype == torch.uint8:
+            return func(args[0].contiguous(), *args[1:], **kwargs).contiguous(memory_format=torch.channels_last)
         return func(*args, **kwargs)
 
 
@@ -353,12 +382,14 @@ def _plan(qmodel: nn.Module, example: torch.Tensor) -> list[str]:
         for conv in convs.values():
             conv._plan_hook = None
     emitting = []
+    qmodel.uint8_pooling = False
     for name, uses in consumers.items():
         if not uses or name in mode.must_float:
             continue
         producer = convs[name]
         producer.emit_uint8 = True
         emitting.append(name)
+        qmodel.uint8_pooling |= name in mode.pooled
         for consumer, what in uses:
             target = convs[consumer]
             if what == "x":
@@ -441,7 +472,11 @@ class QuantizedPredictor:
 
     @torch.inference_mode()
     def forward_raw(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.forward_raw(batch.float().contiguous(memory_format=torch.channels_last))
+        batch = batch.float().contiguous(memory_format=torch.channels_last)
+        if getattr(self.model, "uint8_pooling", False):
+            with _Uint8Pooling():
+                return self.model.forward_raw(batch)
+        return self.model.forward_raw(batch)
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor, score_threshold: float | None = None,
