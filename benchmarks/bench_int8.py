@@ -150,31 +150,40 @@ def _rel_err(a, b) -> float:
 
 def compare(model_name: str, batch: int, rounds: int = ROUNDS, threads: int | None = None) -> dict:
     """Median ms per runner for one model and batch size, outputs checked first."""
+    return compare_batches(model_name, (batch,), rounds, threads)[0]
+
+
+def compare_batches(model_name: str, batches=(1, 8), rounds: int = ROUNDS, threads: int | None = None) -> list:
+    """:func:`compare` for several batch sizes, the runtimes quantised once."""
     threads = threads or int(os.environ.get("SCRATCHDET_INT8_THREADS", 2))
     torch.set_num_threads(threads)
     model = load_bench_model(model_name)
     with tempfile.TemporaryDirectory() as workdir:
         runners, missing = build_runners(model, threads, workdir)
-        x = model.preprocess(calibration_images(batch, 300)[::-1])[0]     # not the calibration images
-        errors = {}
-        with torch.inference_mode():
-            want = model.forward_raw(x)
-            for name, run in runners.items():
-                errors[name] = max(_rel_err(a, b) for a, b in zip(run(x), want))
-                assert errors[name] <= MAX_REL_ERR, (model_name, name, errors[name])
-            for run in runners.values():                        # warm-up (and Winograd tuning)
-                run(x)
-            times = {name: [] for name in runners}
-            order, rng = list(runners), random.Random(batch)
-            for _ in range(rounds):
-                rng.shuffle(order)
-                for name in order:
-                    t0 = time.perf_counter()
-                    runners[name](x)
-                    times[name].append(time.perf_counter() - t0)
+        return [_time(model, model_name, runners, missing, batch, rounds, threads) for batch in batches]
+
+
+def _time(model, model_name, runners, missing, batch, rounds, threads) -> dict:
+    x = model.preprocess(calibration_images(batch, 300)[::-1])[0]     # not the calibration images
+    errors = {}
+    with torch.inference_mode():
+        want = model.forward_raw(x)
+        for name, run in runners.items():
+            errors[name] = max(_rel_err(a, b) for a, b in zip(run(x), want))
+            assert errors[name] <= MAX_REL_ERR, (model_name, name, errors[name])
+        for run in runners.values():                        # warm-up (and Winograd tuning)
+            run(x)
+        times = {name: [] for name in runners}
+        order, rng = list(runners), random.Random(batch)
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for name in order:
+                t0 = time.perf_counter()
+                runners[name](x)
+                times[name].append(time.perf_counter() - t0)
     # TODO: shared timing helper (scratchdet/engine/timing.py)
     return {"model": model_name, "batch": batch, "threads": threads, "rounds": rounds, "missing": missing,
-            "max_rel_err": errors, "ms": {name: statistics.median(t) * 1000 for name, t in times.items()}}
+        "max_rel_err": errors, "ms": {name: statistics.median(t) * 1000 for name, t in times.items()}}
 
 
 def format_result(r: dict) -> str:
@@ -205,5 +214,5 @@ def test_int8_runtimes(benchmark, model_name, batch):
 if __name__ == "__main__":
     models = sys.argv[1:] or list(MODELS)
     for name in models:
-        for b in (1, 8):
-            print(format_result(compare(name, b)), flush=True)
+        for result in compare_batches(name):
+            print(format_result(result), flush=True)
