@@ -20,8 +20,8 @@ What it does, in order:
    and conf heads, or qualified module names) keep their fp32 fused conv.
 4. **Plan** which tensors stay int8 between layers: one traced forward records who consumes each
    conv's output. An output that only int8 convs consume stays uint8 (the consumer reads it with
-   the producer's scale, so there is no requantisation pass); anything else (a pooling, a float
-   conv, an add outside a fused block, the network's outputs) gets fp32.
+   the producer's scale, so there is no requantisation pass; a max-pool in between passes uint8
+   on); anything else (a float conv, an add outside a fused block, the network's outputs) gets fp32.
 
 The engine is oneDNN's int8 convolution as PyTorch ships it for Inductor's x86 int8 lowering
 (``torch.ops.onednn.qconv_prepack`` / ``qconv2d_pointwise``, with the bias, the residual add
