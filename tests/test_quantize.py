@@ -163,6 +163,8 @@ def test_cli_quantize_eval_detect(demo_model, tmp_path, capsys):
     assert main(["detect", "--int8", "--weights", str(weights), "--out", str(tmp_path / "det2"),
                  str(calib / "0.png")]) == 2
     assert "is not an int8 file" in capsys.readouterr().err
+    assert main(["detect", "--weights", str(out), "--out", str(tmp_path / "det3"), str(calib / "0.png")]) == 2
+    assert "is an int8 file (scratchdet quantize): add --int8" in capsys.readouterr().err
     assert main(["quantize", "--weights", str(weights), "--calib", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "calibration folder" in capsys.readouterr().err
 

@@ -23,8 +23,8 @@ from ..engine.sources import Frame, Source, SourceError, batched, open_sources, 
 from ..engine.visualize import draw_detections
 from ..models.fast_inference import FastPredictor
 from ..runtime import load as load_runtime
-from ._common import CLIError, existing_file, load_model, pick_device, threshold, writable_dir
-from .quantize import load_int8
+from ._common import CLIError, existing_file, pick_device, threshold, writable_dir
+from .quantize import load_fp32, load_int8
 
 JSONL = "detections.jsonl"
 
@@ -97,7 +97,7 @@ class _Predictor:
             self._predict = self._detector.predict
             names = self._detector.class_names
         else:
-            model = (load_int8(args.weights) if args.int8 else load_model(args.weights, pick_device(args.device)))
+            model = load_int8(args.weights) if args.int8 else load_fp32(args.weights, pick_device(args.device))
             names = getattr(model, "class_names", None) or [str(i) for i in range(1, model.num_classes)]
             # FastPredictor: BN folded, conv+residual+ReLU fused, channels_last
             self._predict = (FastPredictor(model) if args.fast else model).predict

@@ -13,7 +13,7 @@ from ..models.quantize import OBSERVERS, is_quantized_file, load_quantized, quan
 from ..structures.image import read_image
 from ._common import CLIError, existing_dir, existing_file, load_model
 
-__all__ = ["register", "run", "calibration_files", "load_int8", "load_any"]
+__all__ = ["register", "run", "calibration_files", "load_int8", "load_fp32", "load_any"]
 
 
 def register(sub):
@@ -52,6 +52,14 @@ def load_int8(path: str):
         raise CLIError(f"{path} is not an int8 file; make one with scratchdet quantize --weights {path} "
                        "--calib DATA --out q.pt")
     return load_quantized(path)
+
+
+def load_fp32(path: str, device: str):
+    """fp32 weights; CLIError naming --int8 when ``path`` is an int8 file."""
+    existing_file(path, "weights file")
+    if is_quantized_file(path):
+        raise CLIError(f"{path} is an int8 file (scratchdet quantize): add --int8")
+    return load_model(path, device)
 
 
 def load_any(path: str, device: str):
