@@ -88,7 +88,9 @@ def _images(n, seed=0):
 def test_predictor_follows_the_fp32_model(demo_model):
     predictor = scratchdet.quantize(demo_model, _images(6))
     assert predictor.report.int8 and predictor.report.uint8_outputs
-    assert predictor.report.float_kept == ["backbone.stem.0"]       # the first conv, by default
+    assert predictor.report.float_kept == []                         # every conv int8, by default
+    assert scratchdet.quantize(demo_model, _images(2), float_layers=["first"]).report.float_kept == [
+        "backbone.stem.0"]
     batch, _ = demo_model.preprocess(_images(3, seed=1))
     with torch.inference_mode():
         loc, logits = demo_model.forward_raw(batch)

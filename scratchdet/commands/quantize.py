@@ -27,9 +27,9 @@ def register(sub):
                    help="calibration images to use, the first N by file name (default 64)")
     p.add_argument("--observer", choices=OBSERVERS, default="minmax",
                    help="activation range: minmax (default) or percentile (0.01%% clipped at each end)")
-    p.add_argument("--float-layers", default="first",
-                   help="comma-separated convs kept in fp32: first, heads, or fused conv names; '' for none "
-                        "(default: first)")
+    p.add_argument("--float-layers", default="",
+                   help="comma-separated convs kept in fp32: first, heads, or fused conv names "
+                        "(default: none, every conv int8)")
     p.set_defaults(func=run)
 
 

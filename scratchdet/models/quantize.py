@@ -457,7 +457,8 @@ class QuantizedPredictor:
         self.source_model.set_detect_settings(**settings)
 
     def preprocess(self, images):
-        return self.model.preprocess(images)
+        # the fp32 model's: the int8 network may hold no parameter to take the dtype from
+        return self.source_model.preprocess(images)
 
     def postprocess(self, detections, sizes) -> list[dict]:
         return self.model.postprocess(detections, sizes)
@@ -494,7 +495,7 @@ class QuantizedPredictor:
         def detect_batch(batch):
             return self(batch, score_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k,
                         keep_top_k=keep_top_k)
-        return predict_images(detect_batch, self.model.preprocess, images, batch_size)
+        return predict_images(detect_batch, self.preprocess, images, batch_size)
 
     def save(self, path) -> None:
         """Write the ``scratchdet.int8`` file: the fp32 checkpoint, the calibrated ranges, the settings."""
@@ -512,13 +513,14 @@ def _check_platform(what: str) -> None:
 
 
 def quantize(model: nn.Module, calibration_images, observer: str = "minmax",
-             float_layers: Sequence[str] = ("first",), batch_size: int = 8) -> QuantizedPredictor:
+             float_layers: Sequence[str] = (), batch_size: int = 8) -> QuantizedPredictor:
     """An int8 :class:`QuantizedPredictor` of ``model`` (not modified), calibrated on
     ``calibration_images`` (PIL images, uint8 arrays or ``[3, H, W]`` tensors, as ``predict``
     takes; a few dozen of the kind the model will see).
 
     ``observer``: "minmax" or "percentile" (see the module docstring). ``float_layers``: convs kept
-    in fp32: "first" (the default; measured in docs/INT8.md), "heads", or qualified names of fused convs.
+    in fp32: "first", "heads", or qualified names of fused convs; none by default (every conv int8
+    was as accurate as fp32 and the fastest, docs/INT8.md).
     Refuses (``UserError``, one line) a model that is not on the CPU, one with no conv the engine
     can run, and a machine without the oneDNN int8 ops.
     """
