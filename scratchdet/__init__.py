@@ -27,6 +27,8 @@ _LAZY = {
     "load": ("scratchdet.models.io", "load"),
     "fuse": ("scratchdet.models.fuse", "fuse"),
     "FastPredictor": ("scratchdet.models.fast_inference", "FastPredictor"),
+    "quantize": ("scratchdet.models.quantize", "quantize"),
+    "load_quantized": ("scratchdet.models.quantize", "load_quantized"),
 }
 
 __all__ = ["__version__", *_LAZY]   # _LAZY starts with "ops"

@@ -19,8 +19,7 @@ import argparse
 import errno
 import sys
 
-from .commands import ablate, demo, detect, export, info, plot, synth, train
-from .commands import compare
+from .commands import ablate, compare, demo, detect, export, info, plot, quantize, synth, train
 from .commands import eval as evaluate
 from .commands._common import CLIError, last_line
 from .structures.errors import UserError
@@ -29,8 +28,7 @@ __all__ = ["COMMANDS", "CLIError", "build_parser", "main", "user_error_message"]
 
 # In the order `scratchdet --help` lists them.
 _MODULES = {"demo": demo, "train": train, "eval": evaluate, "detect": detect, "ablate": ablate, "synth": synth,
-            "plot": plot, "export": export, "info": info}
-_MODULES["compare"] = compare
+            "plot": plot, "export": export, "info": info, "quantize": quantize, "compare": compare}
 COMMANDS = list(_MODULES)
 
 # OSErrors that are about a path the user gave or the disk they point at, not about the package.

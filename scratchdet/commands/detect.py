@@ -24,7 +24,8 @@ from ..engine.visualize import draw_detections
 from ..models.fast_inference import FastPredictor
 from ..models.tiling import DEFAULT_OVERLAP, MIN_TILE
 from ..runtime import load as load_runtime
-from ._common import CLIError, existing_file, finite_float, load_model, pick_device, threshold, writable_dir
+from ._common import CLIError, existing_file, finite_float, pick_device, threshold, writable_dir
+from .quantize import load_fp32, load_int8
 
 JSONL = "detections.jsonl"
 
@@ -54,6 +55,8 @@ def register(sub):
                         "merged by class-wise NMS: for images much larger than the network")
     p.add_argument("--overlap", type=_overlap, default=DEFAULT_OVERLAP, metavar="F",
                    help=f"with --tile: the windows' overlap, a fraction in [0, 1) ({DEFAULT_OVERLAP})")
+    p.add_argument("--int8", action="store_true",
+                   help="--weights is an int8 file written by scratchdet quantize (CPU)")
     save = p.add_mutually_exclusive_group()
     save.add_argument("--save-video", action="store_true",
                       help="also write annotated videos of cameras and streams (video files always are, "
@@ -103,6 +106,8 @@ class _Predictor:
             raise CLIError("--fast applies to --weights; an exported detector (--runtime) is already fused")
         if args.runtime and args.tile:
             raise CLIError("--tile applies to --weights; run the saved model to detect in tiles")
+        if args.int8 and (args.runtime or args.fast):
+            raise CLIError("--int8 runs an int8 file given as --weights; drop --runtime / --fast")
 
     def __init__(self, args):
         if args.runtime:
@@ -117,7 +122,7 @@ class _Predictor:
             self._predict = self._detector.predict
             names = self._detector.class_names
         else:
-            model = load_model(args.weights, pick_device(args.device))
+            model = load_int8(args.weights) if args.int8 else load_fp32(args.weights, pick_device(args.device))
             names = getattr(model, "class_names", None) or [str(i) for i in range(1, model.num_classes)]
             # FastPredictor: BN folded, conv+residual+ReLU fused, channels_last
             self._predict = (FastPredictor(model) if args.fast else model).predict

@@ -7,7 +7,8 @@ import os
 from ..data import BadImageError, COCODataset, SSDTransform, VOCDataset, YOLODataset
 from ..evaluation.evaluate import evaluate_model
 from ..evaluation import format_ap_table, plot_pr_curves
-from ._common import CLIError, existing_dir, existing_file, last_line, load_model, pick_device, threshold, writable_dir
+from ._common import CLIError, existing_dir, existing_file, last_line, pick_device, threshold, writable_dir
+from .quantize import load_any
 
 
 def register(sub):
@@ -37,7 +38,9 @@ def run(args):
     device = pick_device(args.device)
     if not args.data and not args.coco_json:
         raise CLIError("give --data (VOC layout) or --coco-images/--coco-json")
-    model = load_model(args.weights, device)
+    model = load_any(args.weights, device)   # fp32 weights, or an int8 file from scratchdet quantize (CPU)
+    if not hasattr(model, "parameters"):
+        device = "cpu"
     # the detection settings predict uses by default (checked: ConfigError names a bad one)
     model.set_detect_settings(**{key: getattr(args, key) for key in ("score_threshold", "nms_threshold")
                                  if getattr(args, key) is not None})

@@ -18,7 +18,7 @@ from . import conv_backends
 from .conv_backends import use_onednn_prepack, use_tuned_backends, use_winograd
 from .fuse import fuse
 from .ssd import predict_images
-from .tiling import DEFAULT_OVERLAP, check_tiling, predict_tiled
+from .tiling import DEFAULT_OVERLAP, tiling_plan
 
 __all__ = ["FastPredictor"]
 
@@ -148,14 +148,11 @@ class FastPredictor:
                 tile: int | None = None, tile_overlap: float = DEFAULT_OVERLAP,
                 tile_whole_image: bool = False) -> list[dict]:
         """``SSD.predict`` on the fused network: the same arguments (tiling included), preprocessing and results."""
-        if tile is not None:
-            settings = self.model.resolve_detect_settings(score_threshold=score_threshold, nms_threshold=nms_threshold,
-                                                          top_k=top_k, keep_top_k=keep_top_k)
-            check_tiling(tile, tile_overlap)
-            return predict_tiled(
-                lambda crops: self.predict(crops, score_threshold, nms_threshold, top_k, keep_top_k, batch_size),
-                images, tile, tile_overlap, settings["nms_threshold"], settings["keep_top_k"], tile_whole_image)
+        settings = self.model.resolve_detect_settings(score_threshold=score_threshold, nms_threshold=nms_threshold,
+                                                      top_k=top_k, keep_top_k=keep_top_k)
+        tiling = tiling_plan(tile, tile_overlap, tile_whole_image, settings)
+
         def detect_batch(batch):
             return self(batch, score_threshold=score_threshold, nms_threshold=nms_threshold, top_k=top_k,
                         keep_top_k=keep_top_k)
-        return predict_images(detect_batch, self.model.preprocess, images, batch_size)
+        return predict_images(detect_batch, self.model.preprocess, images, batch_size, tiling)

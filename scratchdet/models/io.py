@@ -21,7 +21,7 @@ from ..structures.files import atomic_save
 from .config import SSDConfig
 from .ssd import SSD
 
-__all__ = ["save", "load", "FORMAT", "VERSION", "READABLE_VERSIONS"]
+__all__ = ["save", "load", "checkpoint_payload", "model_from_payload", "FORMAT", "VERSION", "READABLE_VERSIONS"]
 
 FORMAT = "scratchdet.model"
 VERSION = 2
@@ -30,6 +30,11 @@ READABLE_VERSIONS = (1, 2)
 
 def save(model, path) -> None:
     """Write ``model.config`` and its weights to ``path`` atomically; a full disk raises CheckpointError."""
+    atomic_save(checkpoint_payload(model), path)   # a crash or a full disk never leaves a truncated file
+
+
+def checkpoint_payload(model) -> dict:
+    """The dict :func:`save` writes (an int8 file embeds it)."""
     config = getattr(model, "config", None)
     if not isinstance(config, SSDConfig):
         raise TypeError("scratchdet.save: expected a model built by scratchdet.build_model (with an SSDConfig "
@@ -39,7 +44,7 @@ def save(model, path) -> None:
     class_names = getattr(model, "class_names", None)   # set by the trainer; label i = class_names[i-1]
     if class_names is not None:
         payload["class_names"] = [str(c) for c in class_names]
-    atomic_save(payload, path)            # a crash or a full disk never leaves a truncated file
+    return payload
 
 
 def _invalid(path, why: str) -> CheckpointError:
@@ -62,6 +67,11 @@ def load(path, map_location="cpu", backbone=None) -> SSD:
         first_line = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise _invalid(path, f"the file is corrupt, truncated or holds non-weight objects "
                              f"({type(exc).__name__}: {first_line})") from None
+    return model_from_payload(payload, path, backbone)
+
+
+def model_from_payload(payload, path, backbone=None) -> SSD:
+    """The model a :func:`checkpoint_payload` dict describes (``path`` names it in errors)."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise _invalid(path, "missing the scratchdet format tag (a plain state dict or another program's file?)")
     if payload.get("version") not in READABLE_VERSIONS:

@@ -24,7 +24,7 @@ from .families import FAMILIES, features_list, generic_parts, resolve_norms
 from .layers import ConvNormAct, init_weights
 from .loss import MultiBoxLoss
 from .priors import source_prior_shapes, tile_priors
-from .tiling import DEFAULT_OVERLAP, check_tiling, predict_tiled
+from .tiling import DEFAULT_OVERLAP, predict_tiled, tiling_plan
 from .transform import postprocess, preprocess
 
 __all__ = ["SSD", "SSDRawOutputs", "INPUT_DEFAULTS", "DETECT_DEFAULTS", "check_detect_settings",
@@ -269,11 +269,7 @@ class SSD(nn.Module):
         """
         settings = self.resolve_detect_settings(score_threshold=score_threshold, nms_threshold=nms_threshold,
                                                 top_k=top_k, keep_top_k=keep_top_k)
-        if tile is not None:
-            check_tiling(tile, tile_overlap)
-            return predict_tiled(
-                lambda crops: self.predict(crops, score_threshold, nms_threshold, top_k, keep_top_k, batch_size),
-                images, tile, tile_overlap, settings["nms_threshold"], settings["keep_top_k"], tile_whole_image)
+        tiling = tiling_plan(tile, tile_overlap, tile_whole_image, settings)
         was_training = self.training
         self.eval()
         try:
@@ -281,14 +277,21 @@ class SSD(nn.Module):
                 loc, logits = self.forward_raw(batch)
                 return self.detect(loc, logits, score_threshold=score_threshold, nms_threshold=nms_threshold,
                                    top_k=top_k, keep_top_k=keep_top_k)
-            return predict_images(detect_batch, self.preprocess, images, batch_size)
+            return predict_images(detect_batch, self.preprocess, images, batch_size, tiling)
         finally:
             self.train(was_training)
 
 
-def predict_images(detect_batch: Callable, preprocess_fn: Callable, images, batch_size: int = 16) -> list[dict]:
-    """The predict loop ``SSD.predict`` and ``FastPredictor.predict`` share: chunks of
-    ``batch_size`` images -> ``preprocess_fn`` -> ``detect_batch`` -> :func:`postprocess`."""
+def predict_images(detect_batch: Callable, preprocess_fn: Callable, images, batch_size: int = 16,
+                   tiling: dict | None = None) -> list[dict]:
+    """The predict loop every predictor (``SSD``, ``FastPredictor``, the int8 predictor) shares:
+    chunks of ``batch_size`` images -> ``preprocess_fn`` -> ``detect_batch`` -> :func:`postprocess`;
+    with ``tiling`` (:func:`~scratchdet.models.tiling.tiling_plan`), each image's tiles go through
+    that loop and are merged (:func:`~scratchdet.models.tiling.predict_tiled`)."""
+    if tiling is not None:
+        return predict_tiled(lambda crops: predict_images(detect_batch, preprocess_fn, crops, batch_size), images,
+                             tiling["tile"], tiling["overlap"], tiling["nms_threshold"], tiling["keep_top_k"],
+                             tiling["whole_image"])
     if not isinstance(images, (list, tuple)):
         images = [images]
     batch_size = whole_number("batch_size", batch_size, 1)

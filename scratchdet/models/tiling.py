@@ -35,7 +35,7 @@ from .. import ops
 from ..structures.errors import ConfigError
 from ..structures.image import to_pil_rgb
 
-__all__ = ["MIN_TILE", "DEFAULT_OVERLAP", "check_tiling", "axis_windows", "tile_grid", "edge_keep",
+__all__ = ["MIN_TILE", "DEFAULT_OVERLAP", "check_tiling", "tiling_plan", "axis_windows", "tile_grid", "edge_keep",
            "merge_detections", "predict_tiled"]
 
 MIN_TILE = 32
@@ -55,6 +55,17 @@ def check_tiling(tile, overlap) -> tuple[int, float]:
             or not 0 <= overlap < 1:
         raise ConfigError(f"tile_overlap must be a fraction in [0, 1), got {overlap!r}")
     return int(tile), float(overlap)
+
+
+def tiling_plan(tile, overlap, whole_image: bool, settings: dict) -> dict | None:
+    """What ``predict(..., tile=...)`` hands :func:`scratchdet.models.ssd.predict_images`: ``None``
+    when ``tile`` is None (no tiling), else the checked tiling and the merge's NMS settings
+    (``settings``: the predictor's resolved detection settings)."""
+    if tile is None:
+        return None
+    tile, overlap = check_tiling(tile, overlap)
+    return {"tile": tile, "overlap": overlap, "whole_image": bool(whole_image),
+            "nms_threshold": settings["nms_threshold"], "keep_top_k": settings["keep_top_k"]}
 
 
 def axis_windows(length: int, tile: int, overlap: float) -> list[tuple[int, int]]:
