@@ -8,6 +8,7 @@ import torch.nn as nn
 import scratchdet
 from scratchdet.cli import main
 from scratchdet.models import build_model
+from scratchdet.structures.errors import ConfigError
 from scratchdet.models import quantize as q
 from scratchdet.models.fused_layers import FusedConvAct
 from scratchdet.structures.errors import CheckpointError, UserError
@@ -203,3 +204,19 @@ def test_max_pool_passes_uint8_on(demo_model):
     pooled_float = predictor.forward_raw(batch)
     for a, b in zip(pooled_uint8, pooled_float):             # the requantisation's rounding, nothing more
         assert (a - b).abs().max() <= 0.02 * b.abs().max()
+
+
+def test_int8_predictor_tiles_like_the_others(demo_model):
+    """predict(tile=...) goes through the one tiling path: an image no larger than a tile gives the
+    plain result exactly, a larger one returns boxes inside the image, and bad tiling is refused."""
+    predictor = scratchdet.quantize(demo_model, _images(4))
+    small = _images(1, seed=3)[0]                    # 90 x 120
+    plain = predictor.predict([small], score_threshold=0.0)[0]
+    tiled = predictor.predict([small], score_threshold=0.0, tile=128)[0]
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(torch.as_tensor(plain[key]), torch.as_tensor(tiled[key]))
+    large = np.random.default_rng(5).integers(0, 256, (300, 410, 3), dtype=np.uint8)
+    boxes = torch.as_tensor(predictor.predict([large], score_threshold=0.0, tile=128, tile_overlap=0.25)[0]["boxes"])
+    assert len(boxes) and boxes[:, 2].max() <= 410 + 1e-3 and boxes[:, 3].max() <= 300 + 1e-3
+    with pytest.raises(ConfigError, match="tile_overlap"):
+        predictor.predict([large], tile=128, tile_overlap=1.5)
