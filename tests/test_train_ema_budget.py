@@ -175,8 +175,8 @@ def run_on_a_fake_clock(root, out_dir, monkeypatch, budget, step_seconds, eval_s
     evaluation ``eval_seconds``; returns (trainer, summary, fake seconds from start to end). The
     steps only take fake time and record the lr (the plan does not look at the weights): fast."""
     clock = FakeClock()
-    cfg = tiny_config(root, out_dir, time_budget=str(budget), max_iters=10, warmup_iters=2, eval_every=5,
-                      ckpt_every=10, **overrides)
+    options = {"max_iters": 10, "warmup_iters": 2, "eval_every": 5, "ckpt_every": 10, **overrides}
+    cfg = tiny_config(root, out_dir, time_budget=str(budget), **options)
     trainer = Trainer(cfg, progress=False)
     budget_hook = trainer.hooks[0]
     assert isinstance(budget_hook, TimeBudgetHook)
@@ -311,3 +311,16 @@ def test_ddp_ranks_keep_the_same_average_and_follow_one_plan(synth_root, tmp_pat
     assert_same_weights(r0["ema"], r1["ema"])
     saved = scratchdet.load(str(tmp_path / "run" / "model_final.pt")).state_dict()
     assert_same_weights(saved, r0["ema"])
+
+
+def test_a_short_budget_keeps_the_configs_warmup(synth_root, tmp_path, monkeypatch):
+    """A plan shorter than max_iters does not shrink the warm-up below the config's (steps at a large
+    lr need it whatever the run's length); under three warm-ups it takes a third of the run."""
+    trainer, summary, _ = run_on_a_fake_clock(synth_root, tmp_path / "a", monkeypatch, 100, lambda it: 1.0,
+                                              max_iters=400, warmup_iters=12, eval_every=400, ckpt_every=400)
+    planned = summary["time_budget"]["planned_iterations"]
+    assert planned < 400 and trainer.horizon.warmup_iters == 12
+    trainer, summary, _ = run_on_a_fake_clock(synth_root, tmp_path / "b", monkeypatch, 60, lambda it: 1.0,
+                                              max_iters=400, warmup_iters=40, eval_every=400, ckpt_every=400)
+    planned = summary["time_budget"]["planned_iterations"]
+    assert trainer.horizon.warmup_iters == planned // 3 < 40

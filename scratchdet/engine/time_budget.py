@@ -152,12 +152,22 @@ class TimeBudgetHook(HookBase):
             return 0
         return max(1, round(iters * horizon / self.trainer.cfg.max_iters))
 
+    def warmup(self, horizon: int) -> int:
+        """The warm-up on ``horizon`` iterations: its fraction of max_iters, but never fewer steps than
+        the config's warm-up (unless the run is shorter than three of them): warm-up is there to get
+        the first steps at a large lr through safely, a number of steps, not a share of the run. A
+        3-minute demo-recipe run (~300 steps) with its warm-up scaled down to 38 steps stalled at
+        0.002 mAP where one with 100 reached 0.64 (the same data, 1 thread, AMD EPYC Zen 4)."""
+        warmup = self.trainer.cfg.warmup_iters
+        if warmup <= 0:
+            return 0
+        return max(1, min(max(warmup, self.scaled(warmup, horizon)), horizon // 3))
+
     def _apply(self, horizon: int) -> None:
         """Lay the run out on ``horizon`` iterations: the schedule's length and warm-up, and the
         evaluation points."""
         self.planned = horizon
-        self.trainer.horizon = Horizon(horizon, self.scaled(self.trainer.cfg.warmup_iters, horizon),
-                                       self.eval_points(horizon))
+        self.trainer.horizon = Horizon(horizon, self.warmup(horizon), self.eval_points(horizon))
 
     def _agree(self, horizon: int) -> int:
         """Rank 0's horizon on every rank."""
