@@ -20,11 +20,8 @@ range, <= 0.15: int8 is not bit-exact). Then interleaved rounds in a shuffled or
     pytest benchmarks/bench_int8.py --benchmark-disable   # one round: the comparison cannot rot
 """
 import os
-import random
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 
 import numpy as np
@@ -35,6 +32,7 @@ import torch.nn as nn
 import scratchdet
 from scratchdet.models import build_model
 from scratchdet.models.export import export_onnx
+from scratchdet.engine.timing import medians_ms, time_interleaved
 from scratchdet.models.fast_inference import FastPredictor
 
 warnings.filterwarnings("ignore")
@@ -171,19 +169,12 @@ def _time(model, model_name, runners, missing, batch, rounds, threads) -> dict:
         for name, run in runners.items():
             errors[name] = max(_rel_err(a, b) for a, b in zip(run(x), want))
             assert errors[name] <= MAX_REL_ERR, (model_name, name, errors[name])
-        for run in runners.values():                        # warm-up (and Winograd tuning)
-            run(x)
-        times = {name: [] for name in runners}
-        order, rng = list(runners), random.Random(batch)
-        for _ in range(rounds):
-            rng.shuffle(order)
-            for name in order:
-                t0 = time.perf_counter()
-                runners[name](x)
-                times[name].append(time.perf_counter() - t0)
-    # TODO: shared timing helper (scratchdet/engine/timing.py)
+    # the one timing helper (as bench_runtimes and compare): a warm-up call each (and Winograd's
+    # tuning), then interleaved rounds in a shuffled order, medians
+    times = time_interleaved({name: (lambda run=run: run(x)) for name, run in runners.items()}, rounds,
+                             warmup=1, seed=batch)
     return {"model": model_name, "batch": batch, "threads": threads, "rounds": rounds, "missing": missing,
-        "max_rel_err": errors, "ms": {name: statistics.median(t) * 1000 for name, t in times.items()}}
+            "max_rel_err": errors, "ms": medians_ms(times)}
 
 
 def format_result(r: dict) -> str:

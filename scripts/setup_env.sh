@@ -18,7 +18,7 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   "$VENV/bin/python" -m pip install -q $TORCH_SPEC
 fi
 "$VENV/bin/python" -m pip install -q ninja numpy pillow matplotlib tqdm pycocotools pyyaml timm \
-  pytest pytest-benchmark hypothesis onnx onnxscript onnxruntime openvino ruff import-linter opencv-python-headless
+  pytest pytest-benchmark hypothesis onnx onnxscript onnxruntime openvino nncf ruff import-linter opencv-python-headless
 # Rebuild only when the installed extension is missing or older than its sources (pip builds
 # editable installs in a fresh temporary folder, so it would recompile everything each time).
 so=$(ls scratchdet/_C*.so 2>/dev/null | head -n 1 || true)
