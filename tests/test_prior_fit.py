@@ -14,7 +14,8 @@ import torch
 import scratchdet
 from scratchdet.data import synth
 from scratchdet.engine.config import make_config
-from scratchdet.engine.data_fit import Annotations, choose_image_size, collect_annotations, image_size_limits
+from scratchdet.engine.data_fit import (Annotations, choose_image_size, collect_annotations, fit_size_to_budget,
+                                       image_size_limits, training_pass_seconds)
 from scratchdet.engine.data_setup import build_datasets
 from scratchdet.engine.trainer import Trainer
 from scratchdet.models import SSDConfig, build_model
@@ -169,6 +170,46 @@ def test_image_size_limits():
     assert image_size_limits((96, 160)) == (64, 192)
 
 
+def pixels_clock(seconds_at_128):
+    """A made-up training pass: its cost in proportion to the pixels; records the sizes timed."""
+    timed = []
+
+    def seconds_at(side):
+        timed.append(side)
+        return seconds_at_128 * (side / 128) ** 2
+    return seconds_at, timed
+
+
+@pytest.mark.parametrize("budget, expected", [
+    (10_000, 256),     # plenty of time: the size the objects ask for
+    (600, 192),        # 480 s usable / 800 steps = 0.6 s a step: 192 px (0.56 s), not 224 (0.77 s)
+    (300, 128),        # 0.3 s a step allowed: only the preset's size (0.25 s) fits
+    (60, 128),         # not even the preset's size fits the recipe: never under it
+])
+def test_image_size_auto_under_a_budget_fits_the_recipes_steps(budget, expected):
+    seconds_at, timed = pixels_clock(0.25)
+    size, why = fit_size_to_budget(256, 128, budget, 800, seconds_at)
+    assert size == expected, why
+    assert sorted(timed) == [128, 256]                     # two measurements, the rest interpolated
+    assert "the recipe needs 800" in why
+    assert ("256 px would fit" in why) == (expected != 256)
+
+
+def test_image_size_auto_under_a_budget_needs_no_timing_at_or_under_the_preset():
+    seconds_at, timed = pixels_clock(0.25)
+    assert fit_size_to_budget(128, 128, 60, 800, seconds_at)[0] == 128
+    assert fit_size_to_budget(96, 128, 60, 800, seconds_at)[0] == 96
+    assert timed == []
+
+
+def test_training_pass_seconds_times_a_forward_and_backward():
+    model = build_model("root_resnet_tiny", num_classes=3, **TINY_MODEL)
+    seconds = training_pass_seconds(model, 2, 96, "cpu")
+    assert 0 < seconds < 60
+    assert all(p.grad is None for p in model.parameters())      # nothing left behind
+    assert training_pass_seconds(torch.nn.Linear(2, 2), 2, 96, "cpu") is None
+
+
 # ------------------------------------------------------------------------ in training
 @pytest.fixture(scope="module")
 def elongated_root(tmp_path_factory):
@@ -235,6 +276,24 @@ def test_image_size_auto_sets_the_model_and_the_transforms(elongated_root, tmp_p
     assert trainer.train_set.transform.size == size and trainer.val_set.transform.size == size
     image = trainer.train_set[0][0]
     assert tuple(image.shape[-2:]) == (size, size)
+
+
+def test_image_size_auto_under_a_short_budget_keeps_the_presets_size(tmp_path, capsys):
+    """A 96-px preset on 192-px images with small objects, which ask for more, and a budget that
+    cannot fit the recipe's steps at a larger size: the preset's size, said why, and the run's
+    random state as without the timing."""
+    root = str(tmp_path / "data")
+    synth.generate(root, 8, 2, seed=0, image_size=192, object_size=(6, 12))
+    cfg = tiny(root, tmp_path / "run", image_size="auto", time_budget="1s", max_iters=100000)
+    wanted = choose_image_size(collect_annotations(build_datasets(cfg)[0]), 96)[0]
+    assert wanted > 96, "the data set must ask for more than the preset's size for this test"
+    trainer = Trainer(cfg, progress=False)
+    out = capsys.readouterr().out
+    assert trainer.model.config.image_size == 96
+    assert f"{wanted} px reduced to 96 px" in out and "the recipe needs 100000" in out
+    plain = Trainer(tiny(root, tmp_path / "plain"), progress=False)
+    a, b = trainer.model.state_dict(), plain.model.state_dict()      # same weights: the timing drew no randoms
+    assert all(torch.equal(a[k], b[k]) for k in a if "priors" not in k)
 
 
 @pytest.mark.parametrize("option, message", [

@@ -2,7 +2,9 @@
 image is decoded; an image whose annotation lacks its size has its file header read):
 
 - ``image_size=auto``: the network input from the training images' sizes and their smallest
-  objects (:func:`choose_image_size`, the rule in its docstring and docs/TRAINING.md);
+  objects (:func:`choose_image_size`, the rule in its docstring and docs/TRAINING.md); under a
+  ``time_budget``, no larger than a size at which the recipe's ``max_iters`` steps still fit
+  (:func:`fit_size_to_budget`, from two timed training passes);
 - the priors' best possible recall over the training boxes, printed once and kept in the run
   (``data_fit.json``, the summary); with ``priors=auto`` and a recall under
   ``prior_recall_threshold``, the prior shapes refitted per source
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,15 +30,17 @@ from ..models.prior_fit import LOW_IOU, prior_recall, refit_priors
 from ..models.priors import source_prior_shapes
 from ..structures.errors import BadImageError
 from ..structures.image import as_hw, read_image_size
-from .config import TrainConfig
+from .config import TrainConfig, parse_duration
 from .data_setup import build_transforms, model_config
 
 __all__ = ["Annotations", "collect_annotations", "image_size_limits", "choose_image_size", "check_priors", "fit_to_data", "write_data_fit",
-           "MIN_OBJECT_PX", "OBJECT_PERCENTILE", "SIZE_STEP"]
+           "fit_size_to_budget", "training_pass_seconds", "MIN_OBJECT_PX", "OBJECT_PERCENTILE", "SIZE_STEP"]
 
 MIN_OBJECT_PX = 8.0        # image_size=auto keeps the OBJECT_PERCENTILE-th percentile object at least this big
 OBJECT_PERCENTILE = 5.0
 SIZE_STEP = 32             # image_size=auto picks a multiple of this
+BUDGET_COMPUTE_SHARE = 0.8  # under a time budget, the share of it the forward/backward passes may use
+                            # (data loading, evaluation and saving take the rest)
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,62 @@ def choose_image_size(annotations: Annotations, preset_size) -> tuple[int, str]:
                   f"at {size} px ({len(scales)} boxes, {len(annotations.image_sizes)} images)")
 
 
+def fit_size_to_budget(auto_size: int, preset_side: int, budget_seconds: float, min_iters: int,
+                       seconds_at: Callable[[int], float | None]) -> tuple[int, str]:
+    """``image_size=auto`` under a time budget: the largest multiple of SIZE_STEP from ``auto_size``
+    down to ``preset_side`` at which ``min_iters`` training steps (the recipe's own length) fit in
+    BUDGET_COMPUTE_SHARE of ``budget_seconds``. A larger input that gets a fraction of the recipe's
+    steps learns less than the preset's size with all of them (3 minutes, 320-px images: 256 px
+    got 77 steps and 0.003 mAP, 128 px 347 steps and 0.49). ``seconds_at(size)``: one training pass
+    at that size, measured at ``preset_side`` and ``auto_size``; between them the cost is taken as
+    linear in the pixels. Returns (side, the reason, one line)."""
+    if auto_size <= preset_side:
+        return auto_size, "at or under the preset's size: no budget check needed"
+    t_low, t_high = seconds_at(preset_side), seconds_at(auto_size)
+    if t_low is None or t_high is None:
+        return auto_size, "the model has no forward_raw to time: the budget not checked"
+    span = auto_size ** 2 - preset_side ** 2
+
+    def seconds(size: int) -> float:
+        return t_low + (t_high - t_low) * (size ** 2 - preset_side ** 2) / span
+
+    usable = BUDGET_COMPUTE_SHARE * budget_seconds
+    for size in range(auto_size, preset_side, -SIZE_STEP):
+        if usable / seconds(size) >= min_iters:
+            break
+    else:
+        size = preset_side
+    fits = int(usable / seconds(size))
+    why = (f"the time budget fits ~{fits} training steps at {size} px (one step {seconds(size):.2f} s measured/"
+           f"interpolated, {100 * BUDGET_COMPUTE_SHARE:.0f}% of {budget_seconds:.0f} s), the recipe needs {min_iters}")
+    if size < auto_size:
+        why += f": {auto_size} px would fit ~{int(usable / t_high)}"
+    return size, why
+
+
+def training_pass_seconds(model: torch.nn.Module, batch_size: int, size: int, device: torch.device | str,
+                          repeats: int = 2) -> float | None:
+    """Seconds of one forward and backward pass of ``model.forward_raw`` on a random batch of
+    ``batch_size`` images of ``size`` px (the last of ``repeats``: the first pays for allocation);
+    None for a model without ``forward_raw``."""
+    if not hasattr(model, "forward_raw"):
+        return None
+    model = model.to(device).train()
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    seconds = 0.0
+    for _ in range(repeats):
+        if images.device.type == "cuda":
+            torch.cuda.synchronize(images.device)
+        start = time.perf_counter()
+        loc, logits = model.forward_raw(images)
+        (loc.float().mean() + logits.float().mean()).backward()
+        if images.device.type == "cuda":
+            torch.cuda.synchronize(images.device)
+        seconds = time.perf_counter() - start
+        model.zero_grad(set_to_none=True)
+    return seconds
+
+
 def check_priors(model, annotations: Annotations | None, mode: str, threshold: float,
                  log: Callable[[str], None]) -> tuple[dict, tuple | None]:
     """Measure the model's priors over the training boxes and, for ``mode`` "auto" with a recall
@@ -149,7 +210,8 @@ def _retarget(dataset, transform) -> None:
 
 
 def fit_to_data(cfg: TrainConfig, train_set, val_set, build: Callable[[dict], torch.nn.Module],
-                log: Callable[[str], None] | None = None) -> tuple[torch.nn.Module, dict]:
+                log: Callable[[str], None] | None = None, device: torch.device | str = "cpu",
+                agree: Callable[[int], int] = lambda size: size) -> tuple[torch.nn.Module, dict]:
     """The model for ``cfg`` fitted to ``train_set``: ``build(model_overrides)`` builds it (on the
     host). ``image_size=auto`` picks the input size (and gives both data sets transforms of that
     size); the priors' recall is measured and printed; ``priors=auto`` refits them. A refitted
@@ -164,6 +226,16 @@ def fit_to_data(cfg: TrainConfig, train_set, val_set, build: Callable[[dict], to
             log(f"image_size: auto: the training set gives no annotations; the model's {spec.image_size} px kept")
         else:
             size, why = choose_image_size(annotations, spec.image_size)
+            budget = parse_duration(cfg.time_budget)
+            preset_side = min(as_hw(spec.image_size))
+            if budget and size > preset_side:
+                def seconds_at(side: int) -> float | None:
+                    return training_pass_seconds(build({**overrides, "image_size": side}), cfg.batch_size, side, device)
+                with torch.random.fork_rng(devices=[]):      # the timing builds models: the run's random state untouched
+                    fitted, budget_why = fit_size_to_budget(size, preset_side, budget, cfg.max_iters, seconds_at)
+                fitted = agree(fitted)                        # rank 0's measurement decides on every rank
+                why += f"; {size} px reduced to {fitted} px: {budget_why}" if fitted != size else f"; {budget_why}"
+                size = fitted
             log(f"image_size: auto -> {size} px ({why})")
             overrides["image_size"] = size
             report["image_size"] = {"size": size, "reason": why}

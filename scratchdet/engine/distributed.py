@@ -61,6 +61,15 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
+def broadcast_int(value: int, info: DistInfo) -> int:
+    """Rank 0's ``value`` on every rank (a choice made from a measurement, which differs per rank)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=info.device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def cleanup(info: DistInfo, finished: bool = False) -> None:
     """Tear the process group down. `finished`: every rank got to the end, so they first meet at a
     barrier and leave together (otherwise a rank destroys its group while rank 0 still writes the

@@ -27,7 +27,7 @@ from .checkpoint import load_checkpoint, load_newest_checkpoint
 from .config import TrainConfig, parse_duration
 from .data_fit import fit_to_data, write_data_fit
 from .data_setup import build_datasets
-from .distributed import DistInfo, broadcast_flag, init_distributed
+from .distributed import DistInfo, broadcast_flag, broadcast_int, init_distributed
 from .ema import EMAHook
 from .hooks import (CheckpointHook, EvaluationHook, HookBase, Horizon, LRScheduleHook, NonFiniteGuard,
                     NonFiniteTrainingError, ProgressHook, TrainingLogHook, has_state, hook_state_key)
@@ -110,7 +110,8 @@ class Trainer:
 
         # image_size=auto, the priors' recall, priors=auto (engine/data_fit.py); the defaults change nothing
         model, self.data_fit = fit_to_data(cfg, train_set, self.val_set, build,
-                                           log=print if self.dist.is_main else None)
+                                           log=print if self.dist.is_main else None, device=self.device,
+                                           agree=lambda size: broadcast_int(size, self.dist))
         model = model.to(self.device)
         model.class_names = list(self.classes)  # saved with the weights by scratchdet.save
         use_fused_batch_norm(model, cfg.fast_kernels)     # off: the stock BatchNorm / add / ReLU ops
