@@ -1,6 +1,8 @@
 """Unit tests of the training engine's pieces: schedule, config, sampler, checkpoints, metrics."""
+import json
 import math
 import os
+import stat
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from scratchdet.engine.training_log import GradFluctuation, JSONLWriter, read_js
 from scratchdet.engine.sampler import ResumableBatchSampler
 from scratchdet.engine.schedule import lr_factor
 from scratchdet.structures.errors import CheckpointError
-from scratchdet.structures.files import atomic_save, make_writable_dir
+from scratchdet.structures.files import atomic_save, atomic_write_json, make_writable_dir
 
 
 def test_warmup_starts_at_a_third_and_reaches_one():
@@ -110,6 +112,22 @@ def test_atomic_save_failure_keeps_the_old_file(tmp_path):
         atomic_save({"model": Unpicklable(), "iteration": 2}, path)
     assert load_checkpoint(path)["iteration"] == 1
     assert os.listdir(tmp_path) == ["ck.pt"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_give_the_mode_a_new_file_gets(tmp_path, umask, mode):
+    """A saved model, checkpoint or result.json is readable as any file the user writes (mkstemp's
+    temp file alone would be 0o600)."""
+    old = os.umask(umask)
+    try:
+        atomic_save({"iteration": 1}, tmp_path / "model.pt")
+        atomic_write_json(tmp_path / "result.json", {"map": 0.5})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "model.pt").st_mode) == mode
+    assert stat.S_IMODE(os.stat(tmp_path / "result.json").st_mode) == mode
+    assert json.load(open(tmp_path / "result.json")) == {"map": 0.5}
+    assert sorted(os.listdir(tmp_path)) == ["model.pt", "result.json"]
 
 
 def test_prune_keeps_the_newest(tmp_path):

@@ -15,12 +15,13 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..models.registry import list_models
+from ..structures.files import atomic_write_json
 from .checkpoint import latest_checkpoint
 from .config import make_config
 from .data_setup import ensure_synthetic
 from .distributed import init_distributed
 from .report import ablation_table, plot_ablation_figures
-from .runs import detection_metrics, prepare_out_dir, read_result, write_json
+from .runs import detection_metrics, prepare_out_dir, read_result
 from .trainer import NonFiniteTrainingError, Trainer
 
 __all__ = ["Setting", "BN_LR_SETTINGS", "STEM_SETTINGS", "BN_LR_LRS", "RunSpec", "Ablation",
@@ -214,7 +215,7 @@ class Ablation:
             result = self._train_one(spec, data_root)
             spent += time.perf_counter() - t0
             done_iters += self.budget_iters
-            write_json(path, result)
+            atomic_write_json(path, result)
             shown = "NAN (diverged at iteration %d)" % result["diverged_at"] if result["map"] is None \
                 else f"VOC07 mAP {100 * result['map']:.1f}"
             self.log(f"    -> {shown}, {result['train_seconds']:.0f} s")
@@ -226,7 +227,7 @@ class Ablation:
         summary = {"kind": self.kind, "data": data_root, "budget_iters": self.budget_iters,
                    "batch_size": self.batch_size, "seeds": self.seeds, "lrs": self.lrs,
                    "settings": {k: asdict(s) for k, s in self.settings.items()}, "runs": results}
-        write_json(os.path.join(self.out, "results.json"), summary)
+        atomic_write_json(os.path.join(self.out, "results.json"), summary)
         table = ablation_table(self.kind, self.settings, self.lrs, results, self.budget_iters, self.batch_size)
         with open(os.path.join(self.out, "table.md"), "w", encoding="utf-8") as f:
             f.write(table)

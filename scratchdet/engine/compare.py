@@ -38,12 +38,13 @@ from ..models.fast_inference import FastPredictor
 from ..models.registry import build_detector, build_model, resolve_config
 from ..models.search_space import LADDER, is_root_resnet_spec, with_input_size
 from ..structures.errors import UserError
+from ..structures.files import atomic_write_json
 from ..structures.image import as_hw
 from .checkpoint import latest_checkpoint
 from .config import make_config, parse_duration
 from .distributed import init_distributed
 from .model_stats import count_flops, count_params, inference_peak_bytes, training_peak_bytes
-from .runs import detection_metrics, prepare_out_dir, read_result, write_json
+from .runs import detection_metrics, prepare_out_dir, read_result
 from .timing import medians_ms, onnxruntime_session, openvino_model, runtime_threads, time_interleaved
 from .trainer import NonFiniteTrainingError, Trainer
 
@@ -450,7 +451,7 @@ class Comparison:
             self.log(f"{what}: training for {self.budget.text}")
             os.makedirs(run_dir, exist_ok=True)
             result = self._run_one(candidate, seed, time_it=seed == self.seeds[0])
-            write_json(path, result)
+            atomic_write_json(path, result)
             if result["map"] is None:
                 self.log(f"    -> diverged at iteration {result['diverged_at']}")
             else:
@@ -498,7 +499,7 @@ class Comparison:
         summary = {"data": self.data, "budget": self.budget.text, "seeds": self.seeds, "batch_size": self.batch_size,
                    "runtimes": list(self.runtimes), "machine": machine,
                    "candidates": [c.label for c in self.candidates], "rows": rows, "runs": results}
-        write_json(os.path.join(self.out, "results.json"), summary)
+        atomic_write_json(os.path.join(self.out, "results.json"), summary)
         report = report_markdown(summary)
         with open(os.path.join(self.out, "report.md"), "w", encoding="utf-8") as f:
             f.write(report)

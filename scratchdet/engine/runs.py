@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 from ..evaluation import coco_eval, detections_to_coco, small_object_map
 from ..evaluation.evaluate import evaluate_model, pixel_inclusive
 from ..structures.files import make_writable_dir
 from ..structures.image import read_image_size
 
-__all__ = ["prepare_out_dir", "read_result", "write_json", "detection_metrics"]
+__all__ = ["prepare_out_dir", "read_result", "detection_metrics"]
 
 
 def prepare_out_dir(out: str, resume: bool, what: str, error: type[Exception]) -> None:
@@ -35,21 +34,6 @@ def read_result(path: str) -> dict | None:
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def write_json(path: str, data) -> None:
-    """``data`` as JSON at ``path``, through a temporary file renamed over it: a kill leaves the old
-    file or the new one, never half of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def detection_metrics(model, val_set, data_root: str, batch_size: int, workers: int, small: bool = True) -> dict:

@@ -3,14 +3,16 @@ that an output folder is writable."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
+from typing import IO, Callable
 
 import torch
 
 from .errors import CheckpointError
 
-__all__ = ["atomic_save", "make_writable_dir", "is_disk_full"]
+__all__ = ["atomic_save", "atomic_write", "atomic_write_json", "make_writable_dir", "is_disk_full"]
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -39,9 +41,17 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save(obj)`` to a temp file in the folder of ``path``, fsync it, rename it over
-    ``path``, fsync the folder.
+def _new_file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 less the umask): a temp file from mkstemp is
+    0o600, and a model renamed from it would be unreadable to everyone but its owner."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """``write(f)`` into a temp file in the folder of ``path``, fsync it, give it the mode a new file
+    gets, rename it over ``path``, fsync the folder.
 
     A crash or a full disk at any point leaves either the old file or the new one, never half of
     one, and no temp file. A full disk raises :class:`CheckpointError` naming the folder; other
@@ -50,10 +60,11 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
     try:
+        os.fchmod(fd, _new_file_mode())
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -65,6 +76,16 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
                                   "(nothing was replaced); free some space and run again") from None
         raise
     _fsync_folder(folder)
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(path: str | os.PathLike, data) -> None:
+    """``data`` as indented JSON at ``path``, through :func:`atomic_write`."""
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode("utf-8")))
 
 
 def make_writable_dir(path: str | os.PathLike) -> None:
