@@ -204,10 +204,11 @@ def test_image_size_auto_under_a_budget_needs_no_timing_at_or_under_the_preset()
 
 def test_training_pass_seconds_times_a_forward_and_backward():
     model = build_model("root_resnet_tiny", num_classes=3, **TINY_MODEL)
-    seconds = training_pass_seconds(model, 2, 96, "cpu")
+    seconds = training_pass_seconds(model, 2, 96)
     assert 0 < seconds < 60
     assert all(p.grad is None for p in model.parameters())      # nothing left behind
-    assert training_pass_seconds(torch.nn.Linear(2, 2), 2, 96, "cpu") is None
+    assert 0 < training_pass_seconds(model.to(memory_format=torch.channels_last), 2, 96) < 60
+    assert training_pass_seconds(torch.nn.Linear(2, 2), 2, 96) is None
 
 
 # ------------------------------------------------------------------------ in training

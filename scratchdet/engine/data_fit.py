@@ -152,16 +152,18 @@ def fit_size_to_budget(auto_size: int, preset_side: int, budget_seconds: float, 
     return size, why
 
 
-def training_pass_seconds(model: torch.nn.Module, batch_size: int, size: int, device: torch.device | str,
-                          repeats: int = 2) -> float | None:
-    """Seconds of one forward and backward pass of ``model.forward_raw`` on a random batch of
-    ``batch_size`` images of ``size`` px (the last of ``repeats``: the first pays for allocation);
-    None for a model without ``forward_raw``."""
+def training_pass_seconds(model: torch.nn.Module, batch_size: int, size: int, repeats: int = 3) -> float | None:
+    """Seconds of one forward and backward pass of ``model.forward_raw`` (on its device, in its
+    memory format) on a random batch of ``batch_size`` images of ``size`` px: the fastest of
+    ``repeats`` (the first pays for allocation and kernel choice); None for a model without
+    ``forward_raw``."""
     if not hasattr(model, "forward_raw"):
         return None
-    model = model.to(device).train()
-    images = torch.randn(batch_size, 3, size, size, device=device)
-    seconds = 0.0
+    device = next(model.parameters()).device
+    # a local generator: the run's random streams (CPU and CUDA) are not drawn from
+    images = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    model.train()
+    best = math.inf
     for _ in range(repeats):
         if images.device.type == "cuda":
             torch.cuda.synchronize(images.device)
@@ -170,9 +172,9 @@ def training_pass_seconds(model: torch.nn.Module, batch_size: int, size: int, de
         (loc.float().mean() + logits.float().mean()).backward()
         if images.device.type == "cuda":
             torch.cuda.synchronize(images.device)
-        seconds = time.perf_counter() - start
+        best = min(best, time.perf_counter() - start)
         model.zero_grad(set_to_none=True)
-    return seconds
+    return best
 
 
 def check_priors(model, annotations: Annotations | None, mode: str, threshold: float,
@@ -210,7 +212,8 @@ def _retarget(dataset, transform) -> None:
 
 
 def fit_to_data(cfg: TrainConfig, train_set, val_set, build: Callable[[dict], torch.nn.Module],
-                log: Callable[[str], None] | None = None, device: torch.device | str = "cpu",
+                log: Callable[[str], None] | None = None,
+                prepare: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model,
                 agree: Callable[[int], int] = lambda size: size) -> tuple[torch.nn.Module, dict]:
     """The model for ``cfg`` fitted to ``train_set``: ``build(model_overrides)`` builds it (on the
     host). ``image_size=auto`` picks the input size (and gives both data sets transforms of that
@@ -230,7 +233,7 @@ def fit_to_data(cfg: TrainConfig, train_set, val_set, build: Callable[[dict], to
             preset_side = min(as_hw(spec.image_size))
             if budget and size > preset_side:
                 def seconds_at(side: int) -> float | None:
-                    return training_pass_seconds(build({**overrides, "image_size": side}), cfg.batch_size, side, device)
+                    return training_pass_seconds(prepare(build({**overrides, "image_size": side})), cfg.batch_size, side)
                 with torch.random.fork_rng(devices=[]):      # the timing builds models: the run's random state untouched
                     fitted, budget_why = fit_size_to_budget(size, preset_side, budget, cfg.max_iters, seconds_at)
                 fitted = agree(fitted)                        # rank 0's measurement decides on every rank

@@ -109,19 +109,24 @@ class Trainer:
             return self.make_model(len(self.classes) + 1, overrides)
 
         # image_size=auto, the priors' recall, priors=auto (engine/data_fit.py); the defaults change nothing
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model, self.data_fit = fit_to_data(cfg, train_set, self.val_set, build,
-                                           log=print if self.dist.is_main else None, device=self.device,
-                                           agree=lambda size: broadcast_int(size, self.dist))
-        model = model.to(self.device)
+                                           log=print if self.dist.is_main else None,
+                                           prepare=self._training_layout, agree=lambda size: broadcast_int(size, self.dist))
+        model = self._training_layout(model)
         model.class_names = list(self.classes)  # saved with the weights by scratchdet.save
-        use_fused_batch_norm(model, cfg.fast_kernels)     # off: the stock BatchNorm / add / ReLU ops
         cached = bool(cfg.fast_kernels and cfg.cache_images and hasattr(train_set, "cache_images")
                       and train_set.cache_images(int(cfg.cache_max_mb) << 20))
         self.workers = self.loader_workers(cfg, cached)
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        model = model.to(memory_format=self.memory_format)
         self._check_sync_batch_norm(model)
         return model
+
+    def _training_layout(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` on the run's device, in its memory format, with the fused BN path when
+        ``fast_kernels`` (off: the stock BatchNorm / add / ReLU ops)."""
+        model = model.to(self.device)
+        use_fused_batch_norm(model, self.cfg.fast_kernels)
+        return model.to(memory_format=self.memory_format)
 
     def default_hooks(self) -> list[HookBase]:
         cfg = self.cfg
