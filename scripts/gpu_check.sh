@@ -5,6 +5,8 @@
 #   bash scripts/gpu_check.sh --sanitize   build, CUDA tests, then compute-sanitizer memcheck and
 #                                          racecheck on the small `sanitize` subset (instead of the
 #                                          CPU tests and benchmarks, to stay in the window)
+#   bash scripts/gpu_check.sh --cuda       build, CUDA tests, GPU benchmarks (no CPU tests: the
+#                                          shortest full check of the kernels, ~5 min)
 #   bash scripts/gpu_check.sh --dry-run    print the steps and their time budgets; runs nothing
 # Each step runs under a timeout (1.5x its budget), writes <step>.log and <step>.json (and pytest's
 # <step>.xml) to $OUT (default gpu_check_out/); a failed step does not stop the later ones. The
@@ -15,8 +17,9 @@ MODE=full DRY=0
 for arg in "$@"; do
   case $arg in
     --sanitize) MODE=sanitize ;;
+    --cuda) MODE=cuda ;;
     --dry-run) DRY=1 ;;
-    *) echo "usage: $0 [--sanitize] [--dry-run]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--sanitize | --cuda] [--dry-run]" >&2; exit 2 ;;
   esac
 done
 PY=${PYTHON:-python3}
@@ -38,8 +41,10 @@ STEPS=(
   "tests_cuda|100|$PYTEST tests -m cuda --junitxml=$DEST/tests_cuda.xml"
 )
 if [ $MODE = full ]; then
+  STEPS+=("tests_cpu|150|$PYTEST tests -m 'not cuda' --deselect tests/test_train.py --junitxml=$DEST/tests_cpu.xml")
+fi
+if [ $MODE != sanitize ]; then
   STEPS+=(
-    "tests_cpu|150|$PYTEST tests -m 'not cuda' --deselect tests/test_train.py --junitxml=$DEST/tests_cpu.xml"
     "bench_cuda|45|$PY -m pytest benchmarks -q -m cuda -p no:cacheprovider --benchmark-json $DEST/bench_cuda.json --benchmark-min-rounds=5 --benchmark-max-time=0.5 --benchmark-columns=min,median,mean"
   )
 else

@@ -102,20 +102,30 @@ def main(argv=None) -> int:
     parser.add_argument("--num-train", type=int, default=1200)
     parser.add_argument("--num-val", type=int, default=300)
     parser.add_argument("--preset", default="demo", help="the training preset every run starts from")
+    parser.add_argument("--seed", type=int, default=0, help="the runs' seed (the data sets keep seed 0)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run (repeatable), e.g. --set ema_decay=0.99")
     args = parser.parse_args(argv)
     datasets = [d for d in args.datasets.split(",") if d]
     runs = [r for r in args.runs.split(",") if r]
     unknown = [d for d in datasets if d not in DATASETS] + [r for r in runs if r not in RUNS]
     if unknown:
         parser.error(f"unknown data set or run {unknown}; data sets: {list(DATASETS)}, runs: {list(RUNS)}")
+    overrides = {"seed": args.seed}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set wants KEY=VALUE, got {item!r}")
+        overrides[key] = value
     os.makedirs(args.out, exist_ok=True)
     results = []
     for name in datasets:
         root = make_dataset(args.out, name, args.num_train, args.num_val)
         for run in runs:
             print(f"== {name} / {run} ({args.budget})", flush=True)
-            result = run_one(root, os.path.join(args.out, "runs", name, run), RUNS[run], args.budget, args.preset)
-            results.append({"dataset": name, "run": run, **result})
+            result = run_one(root, os.path.join(args.out, "runs", name, run), {**RUNS[run], **overrides},
+                             args.budget, args.preset)
+            results.append({"dataset": name, "run": run, "seed": args.seed, **result})
             print(json.dumps(results[-1]), flush=True)
             with open(os.path.join(args.out, "results.json"), "w") as f:   # kept as it grows: a stopped study keeps its runs
                 json.dump({"budget": args.budget, "preset": args.preset, "results": results}, f, indent=2)

@@ -46,6 +46,8 @@ def torchvision_cuda_agrees(boxes, scores, idxs, thr):
     rounding of thr or of (float)thr."""
     if boxes.dtype not in _IOU_SLACK or scores.unique().numel() != scores.numel():
         return False
+    if boxes.numel() == 0:
+        return True                               # (boxes.max() below has no empty form)
     b = boxes
     if boxes.numel() <= reference.TORCHVISION_VANILLA_NUMEL["cuda"]:
         b = boxes + (idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes)))[:, None]

@@ -123,9 +123,11 @@ class Trainer:
 
     def _training_layout(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` on the run's device, in its memory format, with the fused BN path when
-        ``fast_kernels`` (off: the stock BatchNorm / add / ReLU ops)."""
+        ``fast_kernels`` on a CPU (off, and on CUDA: the stock BatchNorm / add / ReLU ops)."""
         model = model.to(self.device)
-        use_fused_batch_norm(model, self.cfg.fast_kernels)
+        # On an H200 the fused kernel's forward + backward took 1.25-2.3x cuDNN's BN + ReLU
+        # (benchmarks/RESULTS.md, GPU), so CUDA runs keep the stock ops.
+        use_fused_batch_norm(model, self.cfg.fast_kernels and torch.device(self.device).type == "cpu")
         return model.to(memory_format=self.memory_format)
 
     def default_hooks(self) -> list[HookBase]:

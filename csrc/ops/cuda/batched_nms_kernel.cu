@@ -6,6 +6,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <optional>
+
 #include "../batched_nms.h"
 #include "greedy_nms.cuh"
 
@@ -29,11 +31,13 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes_in, const at::Tensor& scores
     boxes = boxes_in + offsets.unsqueeze(1);
   }
   const auto idxs = idxs_in.to(at::kLong);
-  auto order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+  // std::optional<bool> spelled out: sort(true, 0) binds to sort(int64_t dim, bool descending).
+  const std::optional<bool> stable = true;
+  auto order = std::get<1>(scores.sort(stable, /*dim=*/0, /*descending=*/true));
   at::Tensor seg_begin, seg_len;
   int64_t num_seg = 1;
   if (!shifted) {  // group by class, keeping score order inside each class
-    order = order.index_select(0, std::get<1>(idxs.index_select(0, order).sort(/*stable=*/true, /*dim=*/0)));
+    order = order.index_select(0, std::get<1>(idxs.index_select(0, order).sort(stable, /*dim=*/0, /*descending=*/false)));
     seg_len = std::get<2>(at::unique_consecutive(idxs.index_select(0, order), false, true));
     seg_begin = seg_len.cumsum(0) - seg_len;
     num_seg = seg_len.size(0);
