@@ -121,14 +121,20 @@ GEMM_SHAPES = [
     (2, 24, 65, 7, 13),       # one block and one lane
     (1, 40, 130, 15, 9),      # blocks of 64 + 2, rows 6k + remainder (12 tiles)
     (3, 5, 84, 4, 4),         # 3 tiles (fewer than a row block), the SSD head's 84 classes x boxes
+    (1, 6, 24, 6, 6),         # the AVX2 kernel's 24-column block exactly, 4 tiles (one row block)
+    (2, 9, 25, 5, 7),         # one AVX2 block and one lane; 8 tiles
+    (1, 11, 40, 13, 9),       # 24 + 16 columns (two full vectors in the last block); 12 tiles
 ]
 
 
-@pytest.mark.parametrize("path,isa", [("native", "auto"), ("blas", "auto"), ("aten", "auto"), ("native", "avx2")])
+@pytest.mark.parametrize("path,isa", [("native", "auto"), ("blas", "auto"), ("aten", "auto"), ("native", "avx2"),
+                                      ("auto", "avx2")])
 def test_every_gemm_path_equals_the_direct_conv(tmp_path, path, isa):
-    # The 36 GEMMs run on our AVX-512 kernel (native, where the CPU has AVX-512F), torch's BLAS sgemm
-    # or at::mm_out: force each (unavailable ones fall to the next) on shapes that cross its blocks.
-    # SCRATCHDET_CPU_ISA=avx2: the AVX2 paths of an AVX2-only CPU (8-float transforms, BLAS GEMM).
+    # The 36 GEMMs run on our AVX-512 kernel (native, where the CPU has AVX-512F), our AVX2 kernel,
+    # torch's BLAS sgemm or at::mm_out: force each (unavailable ones fall to the next) on shapes that
+    # cross its blocks; auto is the AVX-512 kernel where enabled, else BLAS.
+    # SCRATCHDET_CPU_ISA=avx2: the AVX2 paths of an AVX2-only CPU (8-float transforms, the AVX2 GEMM
+    # kernel for native).
     code = (
         "import sys, torch; from scratchdet import ops\n"
         f"shapes = {GEMM_SHAPES!r}\n"
@@ -152,7 +158,7 @@ def test_unknown_gemm_path_is_refused():
     env = dict(os.environ, SCRATCHDET_WINOGRAD_GEMM="mkl")
     run = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode != 0
-    assert "SCRATCHDET_WINOGRAD_GEMM must be native, blas or aten, got 'mkl'" in run.stderr
+    assert "SCRATCHDET_WINOGRAD_GEMM must be auto, native, blas or aten, got 'mkl'" in run.stderr
 
 
 def test_unknown_cpu_isa_is_refused():

@@ -37,4 +37,17 @@ inline bool avx512_enabled() {
   return enabled;
 }
 
+// True when the CPU has AVX2 and FMA (every x86-64 CPU of the last decade; the AVX2 kernels' guard).
+inline bool avx2_fma_supported() {
+  static const bool supported = [] {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("fma") != 0;
+#else
+    return false;
+#endif
+  }();
+  return supported;
+}
+
 }  // namespace scratchdet

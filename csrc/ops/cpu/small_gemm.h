@@ -82,9 +82,72 @@ inline void small_gemm_avx512(int64_t m, int64_t n, int64_t k, const float* a, c
   }
 }
 
+// The AVX2 + FMA counterpart (16 ymm registers): blocks of 4 rows x 24 columns, i.e. 12
+// accumulators + 3 vectors of B + 1 broadcast of A; the last vector of a row is masked
+// (maskload / maskstore), so any n works. Callers check avx2_fma_supported() (cpu_isa.h) first.
+template <int kMR, int kNV>
+__attribute__((target("avx2,fma"))) inline void small_gemm_block_avx2(const float* a, int64_t lda, const float* b,
+                                                                      int64_t ldb, float* c, int64_t ldc, int64_t k,
+                                                                      int tail) {
+  const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256 acc[kMR][kNV];
+#pragma GCC unroll 4
+  for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 3
+    for (int j = 0; j < kNV; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (int64_t p = 0; p < k; ++p) {
+    const float* brow = b + p * ldb;
+    __m256 bv[kNV];
+#pragma GCC unroll 3
+    for (int j = 0; j < kNV; ++j)
+      bv[j] = j + 1 < kNV ? _mm256_loadu_ps(brow + 8 * j) : _mm256_maskload_ps(brow + 8 * j, last);
+#pragma GCC unroll 4
+    for (int i = 0; i < kMR; ++i) {
+      const __m256 av = _mm256_broadcast_ss(a + i * lda + p);
+#pragma GCC unroll 3
+      for (int j = 0; j < kNV; ++j) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < kMR; ++i)
+#pragma GCC unroll 3
+    for (int j = 0; j < kNV; ++j) {
+      if (j + 1 < kNV) {
+        _mm256_storeu_ps(c + i * ldc + 8 * j, acc[i][j]);
+      } else {
+        _mm256_maskstore_ps(c + i * ldc + 8 * j, last, acc[i][j]);
+      }
+    }
+}
+
+using SmallGemmBlockAvx2Fn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, int);
+
+template <int kMR>
+constexpr SmallGemmBlockAvx2Fn small_gemm_avx2_row_fns[3] = {
+    small_gemm_block_avx2<kMR, 1>, small_gemm_block_avx2<kMR, 2>, small_gemm_block_avx2<kMR, 3>};
+
+inline constexpr const SmallGemmBlockAvx2Fn* small_gemm_avx2_table[4] = {
+    small_gemm_avx2_row_fns<1>, small_gemm_avx2_row_fns<2>, small_gemm_avx2_row_fns<3>,
+    small_gemm_avx2_row_fns<4>};
+
+// C[m, n] = A[m, k] @ B[k, n], lda = k, ldb = ldc = n, as small_gemm_avx512.
+inline void small_gemm_avx2(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c) {
+  constexpr int64_t kMR = 4, kNC = 24;
+  for (int64_t j0 = 0; j0 < n; j0 += kNC) {
+    const int64_t cols = n - j0 < kNC ? n - j0 : kNC;
+    const int nv = static_cast<int>((cols + 7) / 8);
+    const int tail = static_cast<int>(cols - 8 * (nv - 1));  // 1..8 columns in the last vector
+    for (int64_t i0 = 0; i0 < m; i0 += kMR) {
+      const int rows = static_cast<int>(m - i0 < kMR ? m - i0 : kMR);
+      small_gemm_avx2_table[rows - 1][nv - 1](a + i0 * k, k, b + j0, n, c + i0 * n + j0, n, k, tail);
+    }
+  }
+}
+
 #else
 
 inline void small_gemm_avx512(int64_t, int64_t, int64_t, const float*, const float*, float*) {}
+inline void small_gemm_avx2(int64_t, int64_t, int64_t, const float*, const float*, float*) {}
 
 #endif
 

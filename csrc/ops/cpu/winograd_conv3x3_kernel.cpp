@@ -70,11 +70,18 @@ inline void store_lanes(float* p, float v) { *p = v; }
 #define SD_ALWAYS_INLINE inline __attribute__((always_inline))
 
 // ---- GEMM ------------------------------------------------------------------------------------
-// The GEMMs are small (tiles-per-chunk x C_in x C_out) and many (36 per chunk). Three ways to run
-// them, picked once: our AVX-512 kernel (small_gemm.h) where avx512_enabled(); else the BLAS
-// sgemm that torch itself links (MKL on x86 wheels) when it exports one; else at::mm_out (same
-// result, more overhead per call). SCRATCHDET_WINOGRAD_GEMM=native|blas|aten, set before the first
-// call, forces one (an unavailable choice falls to the next), so tests can compare them.
+// The GEMMs are small (tiles-per-chunk x C_in x C_out) and many (36 per chunk). Ways to run them:
+// our AVX-512 kernel (small_gemm.h) where avx512_enabled(); our AVX2 kernel; the BLAS sgemm that
+// torch itself links (MKL on x86 wheels) when it exports one; at::mm_out (same result, more
+// overhead per call). SCRATCHDET_WINOGRAD_GEMM, read at the first call:
+//   auto (default)  the AVX-512 kernel where enabled, else BLAS
+//   native          our kernel: AVX-512, else AVX2
+//   blas | aten     those
+// An unavailable choice falls to the next, so tests can force and compare each. On an AVX2 CPU
+// BLAS stays the default: on a Zen 4 held to AVX2 our AVX2 kernel ran the 300x300x64 layer 1.25x
+// faster than MKL, but the whole ScratchDet300 network was 3-8% slower with a per-size timed
+// choice between the two than with MKL alone (B=1 and 8, benchmarks/RESULTS.md), so the AVX2
+// kernel is there to be chosen, not the default.
 using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
                          const float*, const int*, const float*, const int*, const float*, float*, const int*);
 
@@ -87,7 +94,7 @@ SgemmFn find_sgemm() {
   return nullptr;
 }
 
-enum class GemmPath { kNative, kBlas, kAten };
+enum class GemmPath { kNative, kNativeAvx2, kBlas, kAten };
 
 struct GemmChoice {
   GemmPath path;
@@ -96,11 +103,12 @@ struct GemmChoice {
 
 GemmChoice choose_gemm() {
   const char* env = std::getenv("SCRATCHDET_WINOGRAD_GEMM");
-  const std::string want = env ? env : "native";
-  TORCH_CHECK(want == "native" || want == "blas" || want == "aten",
-              "winograd_conv3x3: SCRATCHDET_WINOGRAD_GEMM must be native, blas or aten, got '", want, "'");
+  const std::string want = env ? env : "auto";
+  TORCH_CHECK(want == "auto" || want == "native" || want == "blas" || want == "aten",
+              "winograd_conv3x3: SCRATCHDET_WINOGRAD_GEMM must be auto, native, blas or aten, got '", want, "'");
   const SgemmFn sgemm = want == "aten" ? nullptr : find_sgemm();
-  if (want == "native" && avx512_enabled()) return {GemmPath::kNative, nullptr};
+  if ((want == "auto" || want == "native") && avx512_enabled()) return {GemmPath::kNative, nullptr};
+  if (want == "native" && avx2_fma_supported()) return {GemmPath::kNativeAvx2, nullptr};
   if (sgemm != nullptr) return {GemmPath::kBlas, sgemm};
   return {GemmPath::kAten, nullptr};
 }
@@ -114,20 +122,28 @@ const GemmChoice& gemm_choice() {
 // it inside their own parallel region.
 void gemm_row_major(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c) {
   const GemmChoice& gemm = gemm_choice();
-  if (gemm.path == GemmPath::kNative) {
-    small_gemm_avx512(m, n, k, a, b, c);
-    return;
+  switch (gemm.path) {
+    case GemmPath::kNative:
+      small_gemm_avx512(m, n, k, a, b, c);
+      return;
+    case GemmPath::kNativeAvx2:
+      small_gemm_avx2(m, n, k, a, b, c);
+      return;
+    case GemmPath::kBlas: {
+      // column-major view: C^T[n, m] = B^T[n, k] @ A^T[k, m]
+      const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+      const float one = 1.0f, zero = 0.0f;
+      gemm.sgemm("N", "N", &ni, &mi, &ki, &one, b, &ni, a, &ki, &zero, c, &ni);
+      return;
+    }
+    case GemmPath::kAten: {
+      const auto opts = at::TensorOptions().dtype(at::kFloat);
+      auto ct = at::from_blob(c, {m, n}, opts);
+      at::mm_out(ct, at::from_blob(const_cast<float*>(a), {m, k}, opts),
+                 at::from_blob(const_cast<float*>(b), {k, n}, opts));
+      return;
+    }
   }
-  if (gemm.path == GemmPath::kBlas) {
-    // column-major view: C^T[n, m] = B^T[n, k] @ A^T[k, m]
-    const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
-    const float one = 1.0f, zero = 0.0f;
-    gemm.sgemm("N", "N", &ni, &mi, &ki, &one, b, &ni, a, &ki, &zero, c, &ni);
-    return;
-  }
-  const auto opts = at::TensorOptions().dtype(at::kFloat);
-  auto ct = at::from_blob(c, {m, n}, opts);
-  at::mm_out(ct, at::from_blob(const_cast<float*>(a), {m, k}, opts), at::from_blob(const_cast<float*>(b), {k, n}, opts));
 }
 
 // ---- geometry --------------------------------------------------------------------------------
