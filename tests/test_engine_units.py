@@ -14,6 +14,7 @@ from scratchdet.engine.sampler import ResumableBatchSampler
 from scratchdet.engine.schedule import lr_factor
 from scratchdet.structures.errors import CheckpointError
 from scratchdet.structures.files import atomic_save, atomic_write_json, make_writable_dir
+from helpers import DEVICES
 
 
 def test_warmup_starts_at_a_third_and_reaches_one():
@@ -188,3 +189,22 @@ def test_make_writable_dir_refuses_a_folder_it_cannot_create(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OSError):
         make_writable_dir(str(blocker / "run"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fast_kernels", [True, False])
+def test_fused_batch_norm_only_on_cpu(device, fast_kernels):
+    # fast_kernels fuses BN + add + ReLU on CPU only: on an H200 the fused kernel was slower than
+    # cuDNN's ops (benchmarks/RESULTS.md, GPU), so a CUDA run keeps the stock ops.
+    from types import SimpleNamespace
+
+    from scratchdet.engine.trainer import Trainer
+    from scratchdet.models import build_model
+    from scratchdet.models.layers import BNReLU2d
+
+    trainer = SimpleNamespace(device=torch.device(device), memory_format=torch.channels_last,
+                              cfg=SimpleNamespace(fast_kernels=fast_kernels))
+    model = Trainer._training_layout(trainer, build_model("root_resnet_demo", num_classes=3))
+    flags = {m.fused for m in model.modules() if isinstance(m, BNReLU2d)}
+    assert flags == {fast_kernels and device == "cpu"}
+    assert next(model.parameters()).device.type == device
