@@ -53,6 +53,7 @@ from .fused_layers import FusedConvAct
 from .io import checkpoint_payload, model_from_payload
 from .ssd import predict_images
 from .tiling import DEFAULT_OVERLAP, tiling_plan
+from .uint8_pool import max_pool2d_uint8
 
 __all__ = ["quantize", "load_quantized", "is_quantized_file", "QuantizedPredictor", "Int8Conv",
            "engine_available", "OBSERVERS", "FORMAT", "VERSION"]
@@ -323,13 +324,14 @@ def _is_uint8_pool(func, args, kwargs) -> bool:
 
 
 class _Uint8Pooling(TorchFunctionMode):
-    """At run time: a max-pool on a uint8 channels_last tensor (which torch's CPU max-pool refuses)
-    runs on the contiguous layout and is handed back channels_last; everything else passes."""
+    """At run time: a max-pool on a uint8 tensor (which torch's CPU max-pool refuses channels_last)
+    runs as :func:`max_pool2d_uint8`, channels_last; everything else passes."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if _is_uint8_pool(func, args, kwargs) and args[0].dtype == torch.uint8:
-            return func(args[0].contiguous(), *args[1:], **kwargs).contiguous(memory_format=torch.channels_last)
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("return_indices", "input")}
+            return max_pool2d_uint8(*args[:6], **kwargs)
         return func(*args, **kwargs)
 
 
