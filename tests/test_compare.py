@@ -2,6 +2,7 @@
 specs and auto:N, the Pareto fronts, the one timing helper, and bad arguments (one line, exit 2)."""
 import json
 import os
+import time
 import subprocess
 import sys
 
@@ -111,10 +112,18 @@ def test_a_killed_comparison_resumes_to_the_same_report(tiny_data, tmp_path, mon
 
 def test_latency_comes_from_the_one_timing_helper():
     calls = []
-    times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=5, warmup=2)
+    times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=5, warmup=2,
+                             settle_s=0)
     assert calls[:4] == ["a", "b", "a", "b"] and len(calls) == 4 + 10          # warm-up, then 5 rounds of each
     assert all(sorted(calls[4 + 2 * i:6 + 2 * i]) == ["a", "b"] for i in range(5))   # each once per round
     assert {k: len(v) for k, v in times.items()} == {"a": 5, "b": 5}
+    calls.clear()       # each timed call follows untimed calls of the same path for settle_s seconds
+    runs = {name: (lambda name=name: (calls.append(name), time.sleep(0.002))) for name in "ab"}
+    times = time_interleaved(runs, rounds=3, warmup=1, settle_s=0.02)
+    assert calls[:2] == ["a", "b"] and calls.count("a") >= 1 + 3 * 6 and calls.count("b") >= 1 + 3 * 6
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    with pytest.raises(ValueError, match="settle_s must be >= 0"):
+        time_interleaved({"a": lambda: None}, rounds=1, settle_s=-1)
     assert medians_ms({"x": [0.001, 0.003, 0.002]}) == {"x": pytest.approx(2.0)}
     with open(os.path.join(REPO, "benchmarks", "bench_runtimes.py"), encoding="utf-8") as f:
         bench = f.read()

@@ -3,7 +3,11 @@
 Timing paths one after the other lets a slow phase of a shared machine (another process, a
 frequency change) land on one of them; :func:`time_interleaved` runs every path once per round
 in a shuffled order instead, after a warm-up, and keeps every round's seconds, so the medians of
-the paths saw the same conditions. :func:`onnxruntime_session` and :func:`openvino_model` open an
+the paths saw the same conditions. Each timed call comes after untimed calls of the same path for
+``settle_s`` seconds: a runtime's worker threads spin-wait after a call (ONNX Runtime's for tens of
+milliseconds), and without the settling that spinning lands on the next path's timed calls
+(measured on 2 cores: the demo network's torch paths took 2.5x their back-to-back time for ~100 ms
+after an ONNX Runtime call, so interleaved medians said 7 ms where a user sees 3 ms). :func:`onnxruntime_session` and :func:`openvino_model` open an
 exported graph with the thread count torch uses, so every runtime gets the same cores.
 
 Used by ``benchmarks/bench_runtimes.py`` and ``scratchdet compare``.
@@ -26,11 +30,15 @@ def runtime_threads() -> int:
 
 
 def time_interleaved(runners: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1,
-                     seed: int = 0) -> dict[str, list[float]]:
+                     seed: int = 0, settle_s: float = 0.15) -> dict[str, list[float]]:
     """Seconds of each call of each runner: ``warmup`` untimed calls each, then ``rounds`` rounds,
-    each calling every runner once in a shuffled order (seeded). Runs under ``torch.inference_mode``."""
+    each calling every runner in a shuffled order (seeded): untimed calls for ``settle_s`` seconds
+    (at least one call unless it is 0), then the timed one, so no path is timed while the previous
+    path's threads still spin. Runs under ``torch.inference_mode``."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if settle_s < 0:
+        raise ValueError(f"settle_s must be >= 0, got {settle_s}")
     times: dict[str, list[float]] = {name: [] for name in runners}
     order = list(runners)
     rng = random.Random(seed)
@@ -42,6 +50,11 @@ def time_interleaved(runners: Mapping[str, Callable[[], object]], rounds: int, w
             rng.shuffle(order)
             for name in order:
                 run = runners[name]
+                if settle_s > 0:
+                    settled = time.perf_counter() + settle_s
+                    run()
+                    while time.perf_counter() < settled:
+                        run()
                 t0 = time.perf_counter()
                 run()
                 times[name].append(time.perf_counter() - t0)
