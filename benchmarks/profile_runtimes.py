@@ -1,6 +1,9 @@
 """Per-layer profile of FastPredictor's network against OpenVINO on the same exported ScratchDet300.
 
-    python benchmarks/profile_runtimes.py [--batch 1] [--runs 20] [--top 10] [--json out.json]
+    python benchmarks/profile_runtimes.py [--batch 1] [--runs 20] [--top 10] [--json out.json] [--int8]
+
+``--int8`` profiles the int8 networks instead: ours (``scratchdet.quantize``, every ``Int8Conv``
+timed) against OpenVINO's NNCF-quantised model, both calibrated on bench_int8.py's 32 images.
 
 Ours: forward hooks time every fused conv (FusedConvAct) of ``FastPredictor``'s network and
 record its backend (Winograd, prepacked oneDNN, conv_bn_act). OpenVINO: the CPU plugin's own
@@ -24,12 +27,16 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_int8 import calibration_images  # noqa: E402
 from bench_runtimes import _model  # noqa: E402
+
+import scratchdet  # noqa: E402
 
 from scratchdet.models.conv_backends import backend_name  # noqa: E402
 from scratchdet.models.export import export_onnx  # noqa: E402
 from scratchdet.models.fast_inference import FastPredictor  # noqa: E402
 from scratchdet.models.fused_layers import FusedConvAct  # noqa: E402
+from scratchdet.models.quantize import Int8Conv  # noqa: E402
 
 
 BACKEND_LABELS = {"winograd": "winograd F(4,3)", "onednn-prepacked": "prepacked oneDNN"}
@@ -39,30 +46,44 @@ def _signature(cin, cout, h, w, stride):
     return f"{cin}->{cout} @{h}x{w} s{stride}"
 
 
-def profile_ours(batch: int, runs: int, winograd: bool | None = None) -> dict:
-    fast = FastPredictor(_model(), winograd=winograd)
-    net = fast.model
-    x = fast._prepare(torch.randn(batch, 3, 300, 300))
+def _int8_label(conv: Int8Conv, x, residual) -> str:
+    out = "uint8 out" if conv.emit_uint8 else "fp32 out"
+    return f"oneDNN int8, {x.dtype.__repr__().removeprefix('torch.')} in, {out}"
+
+
+def profile_ours(batch: int, runs: int, winograd: bool | None = None, int8: bool = False) -> dict:
+    if int8:
+        model = _model()
+        predictor = scratchdet.quantize(model, calibration_images())
+        net, forward = predictor.model, predictor.forward_raw
+        x = torch.randn(batch, 3, 300, 300).contiguous(memory_format=torch.channels_last)
+        timed, label = Int8Conv, _int8_label
+    else:
+        fast = FastPredictor(_model(), winograd=winograd)
+        net = fast.model
+        forward = net.forward_raw
+        x = fast._prepare(torch.randn(batch, 3, 300, 300))
+        timed, label = FusedConvAct, backend_name
     per_run, starts = collections.defaultdict(list), {}
     hooks = []
     for name, m in net.named_modules():
-        if isinstance(m, FusedConvAct):
+        if isinstance(m, timed):
             def pre(mod, args, name=name):
                 starts[name] = time.perf_counter()
 
             def post(mod, args, kwargs, out, name=name):
                 elapsed = time.perf_counter() - starts[name]
                 residual = kwargs.get("residual", args[1] if len(args) > 1 else None)
-                per_run[name].append((elapsed, args[0].shape, out.shape, backend_name(mod, args[0], residual)))
+                per_run[name].append((elapsed, args[0].shape, out.shape, label(mod, args[0], residual)))
             hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post, with_kwargs=True)]
     with torch.inference_mode():
         for _ in range(3):
-            net.forward_raw(x)
+            forward(x)
         per_run.clear()
         totals = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            net.forward_raw(x)
+            forward(x)
             totals.append(time.perf_counter() - t0)
     for h in hooks:
         h.remove()
@@ -79,16 +100,23 @@ def profile_ours(batch: int, runs: int, winograd: bool | None = None) -> dict:
             "layers": {k: {**v, "backend": ", ".join(sorted(v["backend"]))} for k, v in layers.items()}}
 
 
-def profile_openvino(onnx_path: str, batch: int, runs: int, threads: int) -> dict:
+def profile_openvino(onnx_path: str, batch: int, runs: int, threads: int, int8: bool = False) -> dict:
     import numpy as np
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(onnx_path)
     model.reshape({"images": [batch, 3, 300, 300]})            # static shapes: per-node shapes below
-    compiled = core.compile_model(model, "CPU", {
-        "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-        "PERF_COUNT": True})
+    settings = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
+    if int8:        # NNCF on the same calibration images as ours (bench_int8.py's)
+        import nncf
+        raw = _model()
+        calib = [raw.preprocess([image])[0].numpy() for image in calibration_images()]
+        calib = [np.repeat(c, batch, axis=0) for c in calib]
+        model = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib))
+    else:
+        settings["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = core.compile_model(model, "CPU", settings)
     shapes = {}
     for op in compiled.get_runtime_model().get_ops():
         if op.get_rt_info()["layerType"].astype(str) == "Convolution":
@@ -126,6 +154,8 @@ def main(argv=None) -> int:
     p.add_argument("--json")
     p.add_argument("--winograd", choices=("auto", "on", "off"), default="auto",
                    help="FastPredictor's winograd argument (auto: its default for this CPU)")
+    p.add_argument("--int8", action="store_true",
+                   help="profile the int8 networks: scratchdet.quantize against OpenVINO + NNCF")
     args = p.parse_args(argv)
     for flag, value in (("--batch", args.batch), ("--runs", args.runs), ("--top", args.top)):
         if value < 1:
@@ -133,8 +163,8 @@ def main(argv=None) -> int:
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(_model(), os.path.join(tmp, "scratchdet300.onnx"))
-        ov_prof = profile_openvino(onnx_path, args.batch, args.runs, threads)
-    ours = profile_ours(args.batch, args.runs, {"auto": None, "on": True, "off": False}[args.winograd])
+        ov_prof = profile_openvino(onnx_path, args.batch, args.runs, threads, args.int8)
+    ours = profile_ours(args.batch, args.runs, {"auto": None, "on": True, "off": False}[args.winograd], args.int8)
     print(f"B={args.batch}, {threads} threads; network total: ours {ours['total_ms']:.1f} ms, "
           f"OpenVINO {ov_prof['total_ms']:.1f} ms (per-layer sums: ours "
           f"{sum(v['ms'] for v in ours['layers'].values()):.1f}, OpenVINO "
