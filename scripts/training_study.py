@@ -32,6 +32,7 @@ import time
 
 from scratchdet.data import synth
 from scratchdet.engine.config import make_config
+from scratchdet.structures.errors import ConfigError
 from scratchdet.engine.trainer import Trainer
 from scratchdet.evaluation import small_object_map
 from scratchdet.evaluation.evaluate import evaluate_model, pixel_inclusive
@@ -111,12 +112,11 @@ def main(argv=None) -> int:
     unknown = [d for d in datasets if d not in DATASETS] + [r for r in runs if r not in RUNS]
     if unknown:
         parser.error(f"unknown data set or run {unknown}; data sets: {list(DATASETS)}, runs: {list(RUNS)}")
-    overrides = {"seed": args.seed}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set wants KEY=VALUE, got {item!r}")
-        overrides[key] = value
+    try:        # make_config parses and checks the overrides: a typo fails here, before the first run
+        checked = make_config(args.preset, [f"seed={args.seed}", *args.set])
+    except ConfigError as exc:
+        parser.error(str(exc))
+    overrides = {key: getattr(checked, key) for key in ["seed", *(item.split("=", 1)[0].strip() for item in args.set)]}
     os.makedirs(args.out, exist_ok=True)
     results = []
     for name in datasets:
