@@ -48,7 +48,7 @@ def _signature(cin, cout, h, w, stride):
 
 def _int8_label(conv: Int8Conv, x, residual) -> str:
     out = "uint8 out" if conv.emit_uint8 else "fp32 out"
-    return f"oneDNN int8, {x.dtype.__repr__().removeprefix('torch.')} in, {out}"
+    return f"oneDNN int8, {str(x.dtype).removeprefix('torch.')} in, {out}"
 
 
 def profile_ours(batch: int, runs: int, winograd: bool | None = None, int8: bool = False) -> dict:

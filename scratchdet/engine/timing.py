@@ -7,8 +7,9 @@ the paths saw the same conditions. Each timed call comes after untimed calls of 
 ``settle_s`` seconds: a runtime's worker threads spin-wait after a call (ONNX Runtime's for tens of
 milliseconds), and without the settling that spinning lands on the next path's timed calls
 (measured on 2 cores: the demo network's torch paths took 2.5x their back-to-back time for ~100 ms
-after an ONNX Runtime call, so interleaved medians said 7 ms where a user sees 3 ms). :func:`onnxruntime_session` and :func:`openvino_model` open an
-exported graph with the thread count torch uses, so every runtime gets the same cores.
+after an ONNX Runtime call, so interleaved medians said 7 ms where a user sees 3 ms).
+:func:`onnxruntime_session` and :func:`openvino_model` open an exported graph with the thread count
+torch uses, so every runtime gets the same cores.
 
 Used by ``benchmarks/bench_runtimes.py`` and ``scratchdet compare``.
 """
