@@ -21,11 +21,12 @@ namespace scratchdet {
 
 #ifdef SD_SMALL_GEMM_AVX512
 
-// One kMR x (16 * kNV) block of C; the kNV-th vector of each row is masked by last.
+// One kMR x (16 * kNV) block of C; the kNV-th vector of each row holds only its first tail columns.
 template <int kMR, int kNV>
 __attribute__((target("avx512f"))) inline void small_gemm_block(const float* a, int64_t lda, const float* b,
                                                                 int64_t ldb, float* c, int64_t ldc, int64_t k,
-                                                                __mmask16 last) {
+                                                                int tail) {
+  const __mmask16 last = static_cast<__mmask16>(tail == 16 ? 0xFFFF : (1u << tail) - 1);
   __m512 acc[kMR][kNV];
 #pragma GCC unroll 6
   for (int i = 0; i < kMR; ++i)
@@ -56,7 +57,25 @@ __attribute__((target("avx512f"))) inline void small_gemm_block(const float* a, 
     }
 }
 
-using SmallGemmBlockFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, __mmask16);
+// One block of C: (a, lda, b, ldb, c, ldc, k, columns in the block's last vector). Both ISAs' kernels.
+using SmallGemmBlockFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, int);
+
+// C[m, n] = A[m, k] @ B[k, n], lda = k, ldb = ldc = n, in blocks of kMR rows x kNC columns of kW-lane
+// vectors; table[rows - 1][vectors - 1] is the block kernel for a (partial) block. Column blocks
+// outside, so a k x kNC panel of B stays in cache while every row block of A passes over it.
+template <int64_t kMR, int64_t kNC, int64_t kW>
+inline void small_gemm_blocked(const SmallGemmBlockFn* const* table, int64_t m, int64_t n, int64_t k, const float* a,
+                               const float* b, float* c) {
+  for (int64_t j0 = 0; j0 < n; j0 += kNC) {
+    const int64_t cols = n - j0 < kNC ? n - j0 : kNC;
+    const int nv = static_cast<int>((cols + kW - 1) / kW);
+    const int tail = static_cast<int>(cols - kW * (nv - 1));  // 1..kW columns in the last vector
+    for (int64_t i0 = 0; i0 < m; i0 += kMR) {
+      const int rows = static_cast<int>(m - i0 < kMR ? m - i0 : kMR);
+      table[rows - 1][nv - 1](a + i0 * k, k, b + j0, n, c + i0 * n + j0, n, k, tail);
+    }
+  }
+}
 
 template <int kMR>
 constexpr SmallGemmBlockFn small_gemm_row_fns[4] = {small_gemm_block<kMR, 1>, small_gemm_block<kMR, 2>,
@@ -66,20 +85,8 @@ inline constexpr const SmallGemmBlockFn* small_gemm_table[6] = {
     small_gemm_row_fns<1>, small_gemm_row_fns<2>, small_gemm_row_fns<3>,
     small_gemm_row_fns<4>, small_gemm_row_fns<5>, small_gemm_row_fns<6>};
 
-// C[m, n] = A[m, k] @ B[k, n], lda = k, ldb = ldc = n. Column blocks outside, so a k x 64 panel of B
-// stays in cache while every row block of A passes over it.
 inline void small_gemm_avx512(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c) {
-  constexpr int64_t kMR = 6, kNC = 64;
-  for (int64_t j0 = 0; j0 < n; j0 += kNC) {
-    const int64_t cols = n - j0 < kNC ? n - j0 : kNC;
-    const int nv = static_cast<int>((cols + 15) / 16);
-    const int tail = static_cast<int>(cols - 16 * (nv - 1));  // 1..16 columns in the last vector
-    const __mmask16 last = static_cast<__mmask16>(tail == 16 ? 0xFFFF : (1u << tail) - 1);
-    for (int64_t i0 = 0; i0 < m; i0 += kMR) {
-      const int rows = static_cast<int>(m - i0 < kMR ? m - i0 : kMR);
-      small_gemm_table[rows - 1][nv - 1](a + i0 * k, k, b + j0, n, c + i0 * n + j0, n, k, last);
-    }
-  }
+  small_gemm_blocked</*kMR=*/6, /*kNC=*/64, /*kW=*/16>(small_gemm_table, m, n, k, a, b, c);
 }
 
 // The AVX2 + FMA counterpart (16 ymm registers): blocks of 4 rows x 24 columns, i.e. 12
@@ -120,28 +127,16 @@ __attribute__((target("avx2,fma"))) inline void small_gemm_block_avx2(const floa
     }
 }
 
-using SmallGemmBlockAvx2Fn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, int);
-
 template <int kMR>
-constexpr SmallGemmBlockAvx2Fn small_gemm_avx2_row_fns[3] = {
+constexpr SmallGemmBlockFn small_gemm_avx2_row_fns[3] = {
     small_gemm_block_avx2<kMR, 1>, small_gemm_block_avx2<kMR, 2>, small_gemm_block_avx2<kMR, 3>};
 
-inline constexpr const SmallGemmBlockAvx2Fn* small_gemm_avx2_table[4] = {
+inline constexpr const SmallGemmBlockFn* small_gemm_avx2_table[4] = {
     small_gemm_avx2_row_fns<1>, small_gemm_avx2_row_fns<2>, small_gemm_avx2_row_fns<3>,
     small_gemm_avx2_row_fns<4>};
 
-// C[m, n] = A[m, k] @ B[k, n], lda = k, ldb = ldc = n, as small_gemm_avx512.
 inline void small_gemm_avx2(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c) {
-  constexpr int64_t kMR = 4, kNC = 24;
-  for (int64_t j0 = 0; j0 < n; j0 += kNC) {
-    const int64_t cols = n - j0 < kNC ? n - j0 : kNC;
-    const int nv = static_cast<int>((cols + 7) / 8);
-    const int tail = static_cast<int>(cols - 8 * (nv - 1));  // 1..8 columns in the last vector
-    for (int64_t i0 = 0; i0 < m; i0 += kMR) {
-      const int rows = static_cast<int>(m - i0 < kMR ? m - i0 : kMR);
-      small_gemm_avx2_table[rows - 1][nv - 1](a + i0 * k, k, b + j0, n, c + i0 * n + j0, n, k, tail);
-    }
-  }
+  small_gemm_blocked</*kMR=*/4, /*kNC=*/24, /*kW=*/8>(small_gemm_avx2_table, m, n, k, a, b, c);
 }
 
 #else
