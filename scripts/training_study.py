@@ -11,12 +11,15 @@ Data sets (``scratchdet.data.synth.generate``, seed 0):
   large      320 px images (the middle of 256-384), objects 6-64 px
   elongated  the demo's images with every object stretched to 1:4-1:6 (along x or y)
 
-Runs, each from scratch with the ``demo`` training preset and ``time_budget``:
-  baseline    every switch off (today's behaviour)
+Runs, each from scratch with the ``demo`` training preset and ``time_budget`` (but ``recipe``):
+  recipe      the preset as it is, its fixed ``max_iters`` (800 for the demo), no time budget
+  baseline    the time budget only, every other switch off
   ema         ema=true
   priors      priors=auto
   image_size  image_size=auto
   all         all three
+  bf16        cpu_bf16=auto (bfloat16 autocast where this CPU has it natively and it measures faster)
+  all_bf16    all three and cpu_bf16=auto
 
 Scores on the validation split: VOC07 mAP (11-point, IoU 0.5) and the small-object AP (VOC07 mAP
 over the objects under 32 x 32 px *in the original image*, so the same objects count whatever
@@ -43,11 +46,14 @@ DATASETS = {
     "elongated": {"aspect": (4, 6)},
 }
 RUNS = {
+    "recipe": {"time_budget": ""},
     "baseline": {},
     "ema": {"ema": True},
     "priors": {"priors": "auto"},
     "image_size": {"image_size": "auto"},
     "all": {"ema": True, "priors": "auto", "image_size": "auto"},
+    "bf16": {"cpu_bf16": "auto"},
+    "all_bf16": {"ema": True, "priors": "auto", "image_size": "auto", "cpu_bf16": "auto"},
 }
 
 

@@ -15,6 +15,7 @@ exactly as without this step: it only measures and prints.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -214,12 +215,15 @@ def _retarget(dataset, transform) -> None:
 def fit_to_data(cfg: TrainConfig, train_set, val_set, build: Callable[[dict], torch.nn.Module],
                 log: Callable[[str], None] | None = None,
                 prepare: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model,
-                agree: Callable[[int], int] = lambda size: size) -> tuple[torch.nn.Module, dict]:
+                agree: Callable[[int], int] = lambda size: size,
+                timing_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                ) -> tuple[torch.nn.Module, dict]:
     """The model for ``cfg`` fitted to ``train_set``: ``build(model_overrides)`` builds it (on the
     host). ``image_size=auto`` picks the input size (and gives both data sets transforms of that
     size); the priors' recall is measured and printed; ``priors=auto`` refits them. A refitted
-    model is built from the same random state as the first, so only its priors differ. Returns
-    (the model, the report saved in the run)."""
+    model is built from the same random state as the first, so only its priors differ. The budget
+    check of ``image_size=auto`` times its training passes inside ``timing_context()`` (the run's
+    precision). Returns (the model, the report saved in the run)."""
     log = log or (lambda line: None)
     annotations = collect_annotations(train_set)
     overrides, report = dict(cfg.model_overrides), {}
@@ -233,7 +237,8 @@ def fit_to_data(cfg: TrainConfig, train_set, val_set, build: Callable[[dict], to
             preset_side = min(as_hw(spec.image_size))
             if budget and size > preset_side:
                 def seconds_at(side: int) -> float | None:
-                    return training_pass_seconds(prepare(build({**overrides, "image_size": side})), cfg.batch_size, side)
+                    with timing_context():                   # the run's precision (bfloat16 autocast or not)
+                        return training_pass_seconds(prepare(build({**overrides, "image_size": side})), cfg.batch_size, side)
                 with torch.random.fork_rng(devices=[]):      # the timing builds models: the run's random state untouched
                     fitted, budget_why = fit_size_to_budget(size, preset_side, budget, cfg.max_iters, seconds_at)
                 fitted = agree(fitted)                        # rank 0's measurement decides on every rank

@@ -23,12 +23,15 @@ from ..models import build_model
 from ..models.layers import is_norm, use_fused_batch_norm
 from ..models.config import DETECT_DEFAULTS, SSDConfig
 from ..structures.errors import CheckpointError, ConfigError
+from ..structures.image import as_hw
 from .checkpoint import load_checkpoint, load_newest_checkpoint
 from .config import TrainConfig, parse_duration
 from .data_fit import fit_to_data, write_data_fit
 from .data_setup import build_datasets
+from .data_setup import model_config
 from .distributed import DistInfo, broadcast_flag, broadcast_int, init_distributed
 from .ema import EMAHook
+from .precision import choose_cpu_bf16, guard_bf16_convs, training_autocast
 from .hooks import (CheckpointHook, EvaluationHook, HookBase, Horizon, LRScheduleHook, NonFiniteGuard,
                     NonFiniteTrainingError, ProgressHook, TrainingLogHook, has_state, hook_state_key)
 from .sampler import ResumableBatchSampler
@@ -110,16 +113,50 @@ class Trainer:
 
         # image_size=auto, the priors' recall, priors=auto (engine/data_fit.py); the defaults change nothing
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.bf16, self.precision = self._choose_precision(build)
         model, self.data_fit = fit_to_data(cfg, train_set, self.val_set, build,
                                            log=print if self.dist.is_main else None,
-                                           prepare=self._training_layout, agree=lambda size: broadcast_int(size, self.dist))
+                                           prepare=self._training_layout, agree=lambda size: broadcast_int(size, self.dist),
+                                           timing_context=self._autocast)
         model = self._training_layout(model)
+        if self.bf16:
+            kept = guard_bf16_convs(model, cfg.batch_size, min(as_hw(model.config.image_size)))
+            if kept:
+                self.precision += (f"; {len(kept)} conv(s) kept in float32, their bfloat16 backward being wrong in this "
+                                   f"torch build: {', '.join(kept)}")
+        if cfg.cpu_bf16 != "off" and self.dist.is_main:
+            print(f"precision: {self.precision}")
         model.class_names = list(self.classes)  # saved with the weights by scratchdet.save
         cached = bool(cfg.fast_kernels and cfg.cache_images and hasattr(train_set, "cache_images")
                       and train_set.cache_images(int(cfg.cache_max_mb) << 20))
         self.workers = self.loader_workers(cfg, cached)
         self._check_sync_batch_norm(model)
         return model
+
+    def _choose_precision(self, build) -> tuple[bool, str]:
+        """(whether this CPU run trains in bfloat16 autocast, the line that says why): ``cpu_bf16``
+        (engine/precision.py); ``auto`` times a throwaway model at the preset's size, and rank 0's
+        measurement decides on every rank. CUDA runs keep ``amp`` (float16) and ignore it."""
+        cfg = self.cfg
+        if torch.device(self.device).type != "cpu":
+            return False, "float16 autocast (amp)" if cfg.amp else "float32"
+        probe = None
+        if cfg.cpu_bf16 == "auto":
+            with torch.random.fork_rng(devices=[]):      # the run's random state untouched
+                probe = self._training_layout(build(dict(cfg.model_overrides)))
+        size = min(as_hw(model_config(cfg).image_size))
+        chosen, why = choose_cpu_bf16(cfg.cpu_bf16, probe, cfg.batch_size, size)
+        agreed = bool(broadcast_int(int(chosen), self.dist))
+        if agreed != chosen:
+            why = f"{'bfloat16 autocast' if agreed else 'float32'} (rank 0's measurement)"
+        return agreed, why
+
+    def _autocast(self):
+        """The autocast context of a training pass: float16 with CUDA's ``amp``, bfloat16 on a CPU
+        run that chose it, else none."""
+        if torch.device(self.device).type == "cpu":
+            return training_autocast("cpu", self.bf16)
+        return torch.autocast(torch.device(self.device).type, enabled=self.use_amp)
 
     def _training_layout(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` on the run's device, in its memory format, with the fused BN path when
@@ -321,7 +358,7 @@ class Trainer:
         self.net.train()
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         # the targets stay on the host: the model checks them there, then copies them to its device
-        with torch.autocast(self.device.type, enabled=self.use_amp):
+        with self._autocast():
             losses = self.net(images, targets)
         loss = losses["loss"]
         self.optimizer.zero_grad(set_to_none=True)
@@ -410,7 +447,8 @@ class Trainer:
                 self.summary = {"iteration": self.iteration, "interrupted": True}
             else:
                 self.summary = {"iteration": self.iteration, "skipped_steps": self.skipped,
-                                "train_seconds": time.perf_counter() - start, "data_fit": self.data_fit}
+                                "train_seconds": time.perf_counter() - start, "data_fit": self.data_fit,
+                                "precision": self.precision}
                 skipped_images = getattr(self.train_set, "skipped", None)   # skip_bad_images=true
                 if skipped_images:   # those this process saw: all of them when the images are cached
                     self.summary["skipped_images"] = len(skipped_images)
