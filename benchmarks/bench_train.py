@@ -93,11 +93,13 @@ def test_train_step_float32_vs_bfloat16(benchmark, name, batch, size):
     guarded = guard_bf16_convs(models["bfloat16"], batch, size)
     steps = {"float32": train_step(models["float32"], batch, size), "bfloat16": train_step(models["bfloat16"], batch, size)}
 
-    def bf16_step():
-        with training_autocast("cpu", True):
-            return steps["bfloat16"]()
+    def runner(precision: str):
+        def run():          # time_interleaved runs under inference_mode: a training step needs autograd back
+            with torch.inference_mode(False), torch.enable_grad(), training_autocast("cpu", precision == "bfloat16"):
+                return steps[precision]()
+        return run
 
-    runners = {"float32": steps["float32"], "bfloat16": bf16_step}
+    runners = {name: runner(name) for name in steps}
     losses = {k: float(run()) for k, run in runners.items()}          # one untimed step each; both finite
     assert all(math.isfinite(v) for v in losses.values()), losses
     rounds = 1 if benchmark.disabled else (7 if size < 300 else 3)

@@ -20,6 +20,7 @@ Runs, each from scratch with the ``demo`` training preset and ``time_budget`` (b
   all         all three
   bf16        cpu_bf16=auto (bfloat16 autocast where this CPU has it natively and it measures faster)
   all_bf16    all three and cpu_bf16=auto
+  noema_bf16  priors=auto, image_size=auto, cpu_bf16=auto (EMA off: where it measured worse)
 
 Scores on the validation split: VOC07 mAP (11-point, IoU 0.5) and the small-object AP (VOC07 mAP
 over the objects under 32 x 32 px *in the original image*, so the same objects count whatever
@@ -54,6 +55,7 @@ RUNS = {
     "all": {"ema": True, "priors": "auto", "image_size": "auto"},
     "bf16": {"cpu_bf16": "auto"},
     "all_bf16": {"ema": True, "priors": "auto", "image_size": "auto", "cpu_bf16": "auto"},
+    "noema_bf16": {"priors": "auto", "image_size": "auto", "cpu_bf16": "auto"},
 }
 
 
