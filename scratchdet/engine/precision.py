@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from ..structures.image import as_hw
 from .data_fit import training_pass_seconds
 
 __all__ = ["CPU_BF16_MODES", "AUTO_MIN_SPEEDUP", "native_bf16", "training_autocast", "choose_cpu_bf16",
@@ -99,8 +100,8 @@ class Float32Conv2d(torch.nn.Conv2d):
             return super().forward(input.float())
 
 
-def _conv_inputs(model: torch.nn.Module, size: int) -> dict[str, tuple[int, ...]]:
-    """Each ``nn.Conv2d``'s input shape (C, H, W) in a forward pass at ``size`` px."""
+def _conv_inputs(model: torch.nn.Module, size) -> dict[str, tuple[int, ...]]:
+    """Each ``nn.Conv2d``'s input shape (C, H, W) in a forward pass at ``size`` (px, or (h, w))."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def record(name: str):
@@ -114,7 +115,7 @@ def _conv_inputs(model: torch.nn.Module, size: int) -> dict[str, tuple[int, ...]
     try:
         model.eval()
         with torch.no_grad():
-            model.forward_raw(torch.zeros(1, 3, size, size, device=device))
+            model.forward_raw(torch.zeros(1, 3, *as_hw(size), device=device))
     finally:
         model.train(was_training)
         for handle in handles:
@@ -148,9 +149,9 @@ def _bf16_backward_is_right(conv: torch.nn.Conv2d, batch_size: int, shape: tuple
     return True
 
 
-def guard_bf16_convs(model: torch.nn.Module, batch_size: int, size: int) -> list[str]:
+def guard_bf16_convs(model: torch.nn.Module, batch_size: int, size) -> list[str]:
     """Checks every convolution of ``model`` (on the CPU) at the shapes a training pass at
-    ``size`` px and ``batch_size`` gives it, and turns the ones whose bfloat16 backward is wrong
+    ``size`` (px, or (h, w)) and ``batch_size`` gives it, and turns the ones whose bfloat16 backward is wrong
     into :class:`Float32Conv2d`. Returns their names with their input shapes."""
     if not hasattr(model, "forward_raw"):
         return []

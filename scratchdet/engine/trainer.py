@@ -27,13 +27,12 @@ from ..structures.image import as_hw
 from .checkpoint import load_checkpoint, load_newest_checkpoint
 from .config import TrainConfig, parse_duration
 from .data_fit import fit_to_data, write_data_fit
-from .data_setup import build_datasets
-from .data_setup import model_config
+from .data_setup import build_datasets, model_config
 from .distributed import DistInfo, broadcast_flag, broadcast_int, init_distributed
 from .ema import EMAHook
-from .precision import choose_cpu_bf16, guard_bf16_convs, training_autocast
 from .hooks import (CheckpointHook, EvaluationHook, HookBase, Horizon, LRScheduleHook, NonFiniteGuard,
                     NonFiniteTrainingError, ProgressHook, TrainingLogHook, has_state, hook_state_key)
+from .precision import choose_cpu_bf16, guard_bf16_convs, training_autocast
 from .sampler import ResumableBatchSampler
 from .time_budget import TimeBudgetHook
 from .train_state import TrainState
@@ -120,7 +119,7 @@ class Trainer:
                                            timing_context=self._autocast)
         model = self._training_layout(model)
         if self.bf16:
-            kept = guard_bf16_convs(model, cfg.batch_size, min(as_hw(model.config.image_size)))
+            kept = guard_bf16_convs(model, cfg.batch_size, model.config.image_size)
             if kept:
                 self.precision += (f"; {len(kept)} conv(s) kept in float32, their bfloat16 backward being wrong in this "
                                    f"torch build: {', '.join(kept)}")
@@ -154,9 +153,11 @@ class Trainer:
     def _autocast(self):
         """The autocast context of a training pass: float16 with CUDA's ``amp``, bfloat16 on a CPU
         run that chose it, else none."""
-        if torch.device(self.device).type == "cpu":
+        kind = torch.device(self.device).type
+        if kind == "cpu":
             return training_autocast("cpu", self.bf16)
-        return torch.autocast(torch.device(self.device).type, enabled=self.use_amp)
+        # from cfg, not self.use_amp: image_size=auto's budget check calls this before that is set
+        return torch.autocast(kind, enabled=self.cfg.amp and kind == "cuda")
 
     def _training_layout(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` on the run's device, in its memory format, with the fused BN path when
