@@ -14,7 +14,8 @@ images'), the raw network only (images -> loc, logits; ``detect`` is the same fo
 Models: root_resnet34_ssd300 (21 classes, 300 px, BN statistics randomised so folding matters) and
 the demo model (root_resnet_demo; the trained weights of SCRATCHDET_DEMO_WEIGHTS when set). Every
 int8 runtime's outputs are compared with fp32's before timing (max error relative to the output's
-range, <= 0.15: int8 is not bit-exact). Then interleaved rounds in a shuffled order and medians.
+range, <= 0.15 for ours, <= 0.3 for the runtimes timed against it: int8 is not bit-exact, and
+OpenVINO's int8 measured 0.150 on an AVX2-only CPU). Then interleaved rounds in a shuffled order and medians.
 
     python benchmarks/bench_int8.py              # prints the table (machine: say whether it was shared)
     pytest benchmarks/bench_int8.py --benchmark-disable   # one round: the comparison cannot rot
@@ -40,7 +41,11 @@ warnings.filterwarnings("ignore")
 ROUNDS = 9
 MODELS = ("root_resnet34_ssd300", "demo")
 CALIBRATION_IMAGES = 32
-MAX_REL_ERR = 0.15
+MAX_REL_ERR = 0.15            # ours: the accuracy check of the quantiser (docs/INT8.md has mAP)
+# the runtimes we time against only have to be working detectors: OpenVINO's NNCF model measured
+# 0.150 on root_resnet34_ssd300 on an AVX2-only CPU (AMD Zen 2, no VNNI) and passed 0.15 with VNNI;
+# a broken one is off by about the output's whole range (~1)
+ANCHOR_MAX_REL_ERR = 0.3
 
 
 def _randomise_bn(model):
@@ -168,7 +173,8 @@ def _time(model, model_name, runners, missing, batch, rounds, threads) -> dict:
         want = model.forward_raw(x)
         for name, run in runners.items():
             errors[name] = max(_rel_err(a, b) for a, b in zip(run(x), want))
-            assert errors[name] <= MAX_REL_ERR, (model_name, name, errors[name])
+            limit = MAX_REL_ERR if name in ("fp32_fast", "int8_ours") else ANCHOR_MAX_REL_ERR
+            assert errors[name] <= limit, (model_name, name, errors[name])
     # the one timing helper (as bench_runtimes and compare): a warm-up call each (and Winograd's
     # tuning), then interleaved rounds in a shuffled order, medians
     times = time_interleaved({name: (lambda run=run: run(x)) for name, run in runners.items()}, rounds,

@@ -63,7 +63,7 @@ def test_weights_are_per_channel_symmetric_int8():
     w[2] *= 100
     qw, scale = q.quantize_weight(w)
     assert qw.dtype == torch.int8 and scale.shape == (5,)
-    assert (qw.abs().flatten(1).amax(1) == 127).all()
+    assert (qw.abs().flatten(1).amax(1) == q.weight_levels()).all()     # 127, or 63 where int8 convs saturate
     torch.testing.assert_close(qw.float() * scale.view(-1, 1, 1, 1), w, atol=float(scale.max()) / 2 + 1e-6, rtol=0)
 
 
@@ -160,7 +160,8 @@ def test_cli_quantize_eval_detect(demo_model, tmp_path, capsys):
         Image.fromarray(image).save(calib / f"{i}.png")
     out = tmp_path / "q.pt"
     assert main(["quantize", "--weights", str(weights), "--calib", str(calib), "--out", str(out)]) == 0
-    assert "int8 convs" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "int8 convs" in printed and "on this CPU (" in printed and "fp32 FastPredictor" in printed, printed
     assert main(["detect", "--int8", "--weights", str(out), "--out", str(tmp_path / "det"), "--no-save",
                  str(calib / "0.png")]) == 0
     assert main(["detect", "--int8", "--weights", str(weights), "--out", str(tmp_path / "det2"),
@@ -220,3 +221,45 @@ def test_int8_predictor_tiles_like_the_others(demo_model):
     assert len(boxes) and boxes[:, 2].max() <= 410 + 1e-3 and boxes[:, 3].max() <= 300 + 1e-3
     with pytest.raises(ConfigError, match="tile_overlap"):
         predictor.predict([large], tile=128, tile_overlap=1.5)
+
+
+@pytest.mark.parametrize("int8_s,fp32_s,slower", [(0.5, 1.0, False), (1.2, 1.0, True)])
+def test_the_speed_check_says_when_int8_does_not_pay(demo_model, monkeypatch, int8_s, fp32_s, slower):
+    from scratchdet.commands.quantize import speed_line
+    from scratchdet.engine import timing
+
+    calls = []
+
+    def fake(runners, rounds, **kw):
+        calls.extend(run() for run in runners.values())      # both networks really run once
+        return {"int8": [int8_s] * rounds, "fp32": [fp32_s] * rounds}
+
+    monkeypatch.setattr(timing, "time_interleaved", fake)
+    predictor = scratchdet.quantize(demo_model, _images(2))
+    line = speed_line(demo_model, predictor, _images(1)[0])
+    assert len(calls) == 2 and all(len(out) == 2 for out in calls)
+    assert f"{fp32_s / int8_s:.2f}x" in line and ("int8 is slower than fp32 here" in line) is slower, line
+
+
+def test_weight_levels_make_the_int8_conv_exact_on_inputs_that_overflow_int16_pairs():
+    """Where oneDNN's int8 conv adds u8 x s8 pairs in int16 (no VNNI), 2 x 255 x 127 saturates: the
+    weights then get 7 bits. Whatever this CPU does, the conv at weight_levels() is exact on the
+    worst case (every input 255, every weight at the limit), and the probe agrees with a direct look."""
+    levels = q.weight_levels()
+    assert levels in (127, 63)
+    assert q._int8_conv_is_exact(levels)
+    assert q._int8_conv_is_exact(127) == (levels == 127)
+    conv = q.Int8Conv(_conv(32, 8, 3, 1, False), (0.0, 255.0), None, (-1e6, 1e6))
+    assert int(conv.qweight.abs().max()) == levels
+    x = torch.full((1, 32, 6, 6), 255, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(conv(x), q.reference_int8_conv(conv, x), rtol=1e-6, atol=1e-3)
+
+
+def test_quantize_weight_levels():
+    w = torch.randn(4, 3, 3, 3)
+    for levels in (127, 63):
+        qw, scale = q.quantize_weight(w, levels)
+        assert int(qw.abs().amax()) == levels and torch.all(qw.abs().flatten(1).amax(1) == levels)
+        assert torch.allclose(qw.float() * scale.view(-1, 1, 1, 1), w, atol=float(scale.max()) / 2 + 1e-7)
+    with pytest.raises(ValueError, match="levels must be in"):
+        q.quantize_weight(w, 128)

@@ -8,12 +8,16 @@ import argparse
 import os
 import time
 
+import torch
+
+from ..engine import timing
 from ..engine.sources import IMAGE_EXTS
+from ..models.fast_inference import FastPredictor
 from ..models.quantize import OBSERVERS, is_quantized_file, load_quantized, quantize
 from ..structures.image import read_image
 from ._common import CLIError, existing_dir, existing_file, load_model
 
-__all__ = ["register", "run", "calibration_files", "load_int8", "load_fp32", "load_any"]
+__all__ = ["register", "run", "calibration_files", "load_int8", "load_fp32", "load_any", "speed_line"]
 
 
 def register(sub):
@@ -30,6 +34,8 @@ def register(sub):
     p.add_argument("--float-layers", default="",
                    help="comma-separated convs kept in fp32: first, heads, or fused conv names "
                         "(default: none, every conv int8)")
+    p.add_argument("--no-speed-check", dest="speed_check", action="store_false",
+                   help="skip timing the int8 network against the fp32 FastPredictor on this CPU (a few seconds)")
     p.set_defaults(func=run)
 
 
@@ -83,4 +89,24 @@ def run(args):
     print(f"wrote {args.out}: {len(report.int8)} int8 convs ({len(report.uint8_outputs)} pass uint8 on), "
           f"{len(report.float_kept)} kept fp32, calibrated on {len(files)} images ({args.observer}) "
           f"in {time.perf_counter() - t0:.1f} s")
+    if args.speed_check:
+        print(speed_line(model, predictor, read_image(files[0])))
     return 0
+
+
+def speed_line(model, predictor, image, rounds: int = 5) -> str:
+    """One line: the int8 network against the fp32 FastPredictor's on this CPU (one image, the
+    network alone, interleaved medians), and which to ship here. Whether int8 pays depends on the
+    CPU: 2.1x on a Zen 4 with VNNI, 0.89x on an AVX2-only Zen 2 (benchmarks/RESULTS.md)."""
+    fast = FastPredictor(model)
+    batch = predictor.preprocess([image])[0]
+    ms = timing.medians_ms(timing.time_interleaved({"int8": lambda: predictor.forward_raw(batch),
+                                      "fp32": lambda: fast.model.forward_raw(fast._prepare(batch))},
+                                     rounds, settle_s=0.0))
+    speedup = ms["fp32"] / ms["int8"]
+    line = (f"on this CPU ({torch.get_num_threads()} threads, one image, the network alone): int8 {ms['int8']:.1f} ms, "
+            f"fp32 FastPredictor {ms['fp32']:.1f} ms: {speedup:.2f}x")
+    if speedup < 1.0:
+        line += ("; int8 is slower than fp32 here (CPUs without fast int8 dot products, e.g. AVX2-only ones): "
+                 "scratchdet detect without --int8 is the faster choice on this machine")
+    return line

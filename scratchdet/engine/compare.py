@@ -10,7 +10,9 @@ forward gives feature maps, finest first; :func:`scratchdet.build_detector` puts
 
 The recipe is the ``demo`` training preset (batch 32, lr 0.05, cosine, the demo's augmentation). A
 wall-clock budget (``10m``) lays each run's schedule out for the time (``time_budget``): the fair
-default on one machine, since a cheap network then gets more steps. An iteration budget
+default on one machine, since a cheap network then gets more steps (and, like any budgeted run,
+trains in bfloat16 where ``cpu_bf16=auto`` measures it faster: each run decides for its own
+network; ``--set cpu_bf16=off`` keeps every run float32). An iteration budget
 (``2000it``) gives every run the same steps. The evaluation and the timing come after the budget.
 
 Every run has its folder under ``runs/`` (metrics.jsonl, checkpoints, model_final.pt, the exported

@@ -48,9 +48,10 @@ class TrainConfig:
     max_iters: int = 100_000
     grad_clip: float = 0.0               # 0: off; else max L2 norm
     amp: bool = True                     # float16 autocast with a gradient scaler; CUDA only
-    # CPU training in bfloat16 autocast (engine/precision.py): "off", "on", or "auto" (on where the
-    # CPU has native bfloat16 and a timed training pass is >= 1.15x faster than float32)
-    cpu_bf16: str = "off"
+    # CPU training in bfloat16 autocast (engine/precision.py): "off", "on", "auto" (on where the
+    # CPU has native bfloat16 and a timed training pass is >= 1.15x faster than float32), or "":
+    # "auto" for a run with a time_budget, "off" for any other (bit-exact float32 as before)
+    cpu_bf16: str = ""
     channels_last: bool = True           # NHWC activations: oneDNN's fast CPU convs, tensor cores on GPU
     max_bad_steps: int = 10              # abort after this many non-finite steps in a row
     # the fast path: fused BatchNorm + add + ReLU training kernels (scratchdet.models.BNReLU2d), the
@@ -251,9 +252,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.ema_warmup < 0:
         raise ConfigError(f"ema_warmup must be >= 0 (iterations; 0: no ramp), got {cfg.ema_warmup}")
     parse_duration(cfg.time_budget)
-    if cfg.cpu_bf16 not in ("off", "on", "auto"):
-        raise ConfigError(f"cpu_bf16 must be 'off' (float32), 'on' (bfloat16 autocast) or 'auto' (bfloat16 where this "
-                          f"CPU does it natively and it measures faster), got {cfg.cpu_bf16!r}")
+    if cfg.cpu_bf16 not in ("", "off", "on", "auto"):
+        raise ConfigError(f"cpu_bf16 must be 'off' (float32), 'on' (bfloat16 autocast), 'auto' (bfloat16 where this "
+                          f"CPU does it natively and it measures faster) or '' (auto with a time_budget, else off), "
+                          f"got {cfg.cpu_bf16!r}")
     if cfg.priors not in ("default", "auto"):
         raise ConfigError(f"priors must be 'default' (SSD's rule) or 'auto' (refit to the training boxes when "
                           f"their best possible recall is under prior_recall_threshold), got {cfg.priors!r}")

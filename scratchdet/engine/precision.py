@@ -1,6 +1,8 @@
-"""The precision a CPU run trains in: ``cpu_bf16`` = ``off`` (float32, the default), ``on``
-(bfloat16 autocast) or ``auto`` (bfloat16 where this CPU does it natively and a timed training
-pass is measurably faster; float32 otherwise).
+"""The precision a CPU run trains in: ``cpu_bf16`` = ``off`` (float32), ``on`` (bfloat16
+autocast), ``auto`` (bfloat16 where this CPU does it natively and a timed training pass is
+measurably faster; float32 otherwise) or ``""``, the default: ``auto`` for a run with a time budget
+(whose length is already the machine's: bfloat16 buys more steps in the same minutes) and ``off``
+for any other run (float32, bit for bit what it always was).
 
 Under CPU autocast the convolutions and matrix products run in bfloat16 (oneDNN's AVX512_BF16 /
 AMX kernels) and accumulate in float32; the weights, the optimizer, the loss and BatchNorm's
@@ -11,7 +13,8 @@ kernel choice that wins on one CPU can lose on another, so ``auto`` decides by m
 by the CPU's flags alone.
 
 torch 2.14's CPU bfloat16 convolution weight gradient is garbage (finite values around 1e31, or NaN)
-for some strided convolutions on tiny feature maps, e.g. a 3x3, stride-2, padding-1 conv on a 1x1
+for some strided convolutions on tiny feature maps where oneDNN runs native bfloat16 kernels
+(AVX512_BF16 / AMX; emulated bfloat16 on an AVX2-only Zen 2 computed them right), e.g. a 3x3, stride-2, padding-1 conv on a 1x1
 input (an SSD's last extra layer at a small input size). So a bfloat16 run first checks every
 convolution of its model, at the shapes it trains at, against float32 and keeps the ones that fail
 in float32 (:func:`guard_bf16_convs`); the line the run prints names them.
@@ -20,23 +23,30 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Callable
 
 import torch
 
 from ..structures.image import as_hw
 from .data_fit import training_pass_seconds
 
-__all__ = ["CPU_BF16_MODES", "AUTO_MIN_SPEEDUP", "native_bf16", "training_autocast", "choose_cpu_bf16",
-           "guard_bf16_convs", "Float32Conv2d"]
+__all__ = ["CPU_BF16_MODES", "AUTO_MIN_SPEEDUP", "native_bf16", "resolve_cpu_bf16", "training_autocast",
+           "choose_cpu_bf16", "guard_bf16_convs", "Float32Conv2d"]
 
-CPU_BF16_MODES = ("off", "on", "auto")
+CPU_BF16_MODES = ("", "off", "on", "auto")
 AUTO_MIN_SPEEDUP = 1.15     # auto takes bfloat16 only when a training pass is at least this much faster
 
 
 def native_bf16() -> bool:
     """True when this CPU has bfloat16 arithmetic (AVX512_BF16 or AMX) that oneDNN uses."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_cpu_bf16(mode: str, budgeted: bool) -> str:
+    """The mode a run with ``cpu_bf16=mode`` uses: the default ``""`` is ``auto`` when the run has a
+    time budget and ``off`` when it does not; the others are themselves."""
+    if mode not in CPU_BF16_MODES:
+        raise ValueError(f"cpu_bf16 must be one of {CPU_BF16_MODES}, got {mode!r}")
+    return mode or ("auto" if budgeted else "off")
 
 
 def training_autocast(device: torch.device | str, bf16: bool) -> contextlib.AbstractContextManager:
@@ -54,7 +64,7 @@ def choose_cpu_bf16(mode: str, model: torch.nn.Module | None, batch_size: int, s
     BatchNorm statistics move) at ``batch_size`` x ``size`` px, float32 and bfloat16 interleaved,
     ``rounds`` each, and takes bfloat16 when its fastest pass is ``AUTO_MIN_SPEEDUP`` times
     float32's or better."""
-    if mode == "off":
+    if mode not in ("on", "auto"):
         return False, "float32"
     native = native_bf16()
     if mode == "on":
@@ -63,10 +73,8 @@ def choose_cpu_bf16(mode: str, model: torch.nn.Module | None, batch_size: int, s
         return False, "float32 (auto: this CPU has no native bfloat16)"
     if model is None or not hasattr(model, "forward_raw"):
         return False, "float32 (auto: this model has no forward_raw to time)"
-    probe = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
-        fp32, bf16 = _interleaved(probe, batch_size, size, rounds)
-    del probe
+        fp32, bf16 = _interleaved(copy.deepcopy(model), batch_size, size, rounds)
     speedup = fp32 / bf16
     chosen = speedup >= AUTO_MIN_SPEEDUP
     verdict = "bfloat16 autocast" if chosen else "float32"
@@ -75,16 +83,14 @@ def choose_cpu_bf16(mode: str, model: torch.nn.Module | None, batch_size: int, s
 
 
 def _interleaved(model: torch.nn.Module, batch_size: int, size: int, rounds: int) -> tuple[float, float]:
-    def timed(bf16: bool) -> Callable[[], float]:
-        def run() -> float:
-            with training_autocast("cpu", bf16):
-                return training_pass_seconds(model, batch_size, size, repeats=2) or float("inf")
-        return run
-    fp32 = bf16 = float("inf")
+    """The fastest of ``rounds`` training passes of ``model`` in float32 and in bfloat16, alternating."""
+    best = {False: float("inf"), True: float("inf")}
     for _ in range(rounds):
-        fp32 = min(fp32, timed(False)())
-        bf16 = min(bf16, timed(True)())
-    return fp32, bf16
+        for bf16 in (False, True):
+            with training_autocast("cpu", bf16):
+                seconds = training_pass_seconds(model, batch_size, size, repeats=2) or float("inf")
+            best[bf16] = min(best[bf16], seconds)
+    return best[False], best[True]
 
 
 BF16_GRAD_TOLERANCE = 0.05   # bfloat16's own gradient error is ~0.003-0.01 of the gradient's range here

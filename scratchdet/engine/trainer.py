@@ -32,7 +32,7 @@ from .distributed import DistInfo, broadcast_flag, broadcast_int, init_distribut
 from .ema import EMAHook
 from .hooks import (CheckpointHook, EvaluationHook, HookBase, Horizon, LRScheduleHook, NonFiniteGuard,
                     NonFiniteTrainingError, ProgressHook, TrainingLogHook, has_state, hook_state_key)
-from .precision import choose_cpu_bf16, guard_bf16_convs, training_autocast
+from .precision import choose_cpu_bf16, guard_bf16_convs, resolve_cpu_bf16, training_autocast
 from .sampler import ResumableBatchSampler
 from .time_budget import TimeBudgetHook
 from .train_state import TrainState
@@ -123,7 +123,7 @@ class Trainer:
             if kept:
                 self.precision += (f"; {len(kept)} conv(s) kept in float32, their bfloat16 backward being wrong in this "
                                    f"torch build: {', '.join(kept)}")
-        if cfg.cpu_bf16 != "off" and self.dist.is_main:
+        if self.cpu_bf16 != "off" and self.dist.is_main:
             print(f"precision: {self.precision}")
         model.class_names = list(self.classes)  # saved with the weights by scratchdet.save
         cached = bool(cfg.fast_kernels and cfg.cache_images and hasattr(train_set, "cache_images")
@@ -135,16 +135,19 @@ class Trainer:
     def _choose_precision(self, build) -> tuple[bool, str]:
         """(whether this CPU run trains in bfloat16 autocast, the line that says why): ``cpu_bf16``
         (engine/precision.py); ``auto`` times a throwaway model at the preset's size, and rank 0's
-        measurement decides on every rank. CUDA runs keep ``amp`` (float16) and ignore it."""
+        measurement decides on every rank; the default ``""`` is ``auto`` under a time budget, else
+        ``off``. CUDA runs keep ``amp`` (float16) and ignore it."""
         cfg = self.cfg
+        self.cpu_bf16 = resolve_cpu_bf16(cfg.cpu_bf16, budgeted=parse_duration(cfg.time_budget) is not None)
         if torch.device(self.device).type != "cpu":
+            self.cpu_bf16 = "off"
             return False, "float16 autocast (amp)" if cfg.amp else "float32"
         probe = None
-        if cfg.cpu_bf16 == "auto":
+        if self.cpu_bf16 == "auto":
             with torch.random.fork_rng(devices=[]):      # the run's random state untouched
                 probe = self._training_layout(build(dict(cfg.model_overrides)))
         size = min(as_hw(model_config(cfg).image_size))
-        chosen, why = choose_cpu_bf16(cfg.cpu_bf16, probe, cfg.batch_size, size)
+        chosen, why = choose_cpu_bf16(self.cpu_bf16, probe, cfg.batch_size, size)
         agreed = bool(broadcast_int(int(chosen), self.dist))
         if agreed != chosen:
             why = f"{'bfloat16 autocast' if agreed else 'float32'} (rank 0's measurement)"

@@ -15,7 +15,8 @@ What it does, in order:
    0.01 / 99.99 percentiles of each batch, averaged. Deterministic: the same images give the same
    ranges (no sampling; the images are processed in the order given).
 3. **Quantise**: weights per output channel, symmetric int8 (scale ``max|w_c| / 127``, zero point
-   0); activations per tensor, asymmetric uint8 from the calibrated range (a ReLU output has zero
+   0; 7 bits, ``/ 63``, on a CPU whose int8 conv saturates its int16 pair sums, e.g. AVX2 without
+   VNNI: :func:`weight_levels` finds out by running one conv); activations per tensor, asymmetric uint8 from the calibrated range (a ReLU output has zero
    point 0). The convs named by ``float_layers`` (``"first"``: the first conv, ``"heads"``: the loc
    and conf heads, or qualified module names) keep their fp32 fused conv.
 4. **Plan** which tensors stay int8 between layers: one traced forward records who consumes each
@@ -30,8 +31,8 @@ was tried: docs/DESIGN.md, "int8 inference".
 
 The saved file (:meth:`QuantizedPredictor.save`) is its own format, ``scratchdet.int8``: the fp32
 model's checkpoint (``scratchdet.save``'s dict) plus the calibrated ranges and the settings, so
-loading rebuilds the same int8 network bit for bit (weights are requantised from the fp32
-weights, which is deterministic). :func:`load_quantized` refuses, in one line, a platform without
+loading rebuilds the same int8 network bit for bit on the same kind of CPU (weights are requantised
+from the fp32 weights, which is deterministic, with that CPU's :func:`weight_levels`). :func:`load_quantized` refuses, in one line, a platform without
 the oneDNN int8 ops.
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ from .tiling import DEFAULT_OVERLAP, tiling_plan
 from .uint8_pool import max_pool2d_uint8
 
 __all__ = ["quantize", "load_quantized", "is_quantized_file", "QuantizedPredictor", "Int8Conv",
-           "engine_available", "OBSERVERS", "FORMAT", "VERSION"]
+           "engine_available", "weight_levels", "OBSERVERS", "FORMAT", "VERSION"]
 
 FORMAT = "scratchdet.int8"
 VERSION = 1
@@ -86,11 +87,43 @@ def _qparams_from_range(lo: float, hi: float) -> tuple[float, int]:
     return scale, zero_point
 
 
-def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-output-channel symmetric int8: ``(int8 weight, float32 scales [O])``, ``w ~ q * scale``."""
+_weight_levels: int | None = None
+
+
+def weight_levels() -> int:
+    """The int8 weights' largest magnitude on this CPU: 127, or 63 where oneDNN's int8 convolution
+    saturates. Without VNNI (AVX2-only CPUs such as AMD Zen 2) it multiplies with ``vpmaddubsw``,
+    which adds pairs of uint8 x int8 products in int16: 2 x 255 x 127 overflows it, and a conv on
+    bright inputs came out 35 quantisation steps off (half its exact value in the worst case);
+    with 7-bit weights 2 x 255 x 63 fits and the integer arithmetic is exact again (ONNX Runtime's
+    ``reduce_range`` and NNCF's overflow fix do the same). Found once per process by running one
+    such conv and comparing it with its exact sum, not from the CPU's flags."""
+    global _weight_levels
+    if _weight_levels is None:
+        _weight_levels = 127 if _int8_conv_is_exact(127) else 63
+    return _weight_levels
+
+
+def _int8_conv_is_exact(levels: int) -> bool:
+    """Whether a 3x3 conv of 64 channels of 255s with weights of ``levels`` gives its exact sum."""
+    x = torch.full((1, 64, 4, 4), 255, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    w = torch.full((16, 64, 3, 3), levels, dtype=torch.int8)
+    scale, zero = torch.ones(16), torch.zeros(16, dtype=torch.long)
+    packed = torch.ops.onednn.qconv_prepack(w, scale, 1.0, 0, [1, 1], [0, 0], [1, 1], 1, list(x.shape))
+    y = torch.ops.onednn.qconv2d_pointwise(x, 1.0, 0, packed, scale, zero, None, [1, 1], [0, 0], [1, 1], 1,
+                                           1.0, 0, torch.float32, "none", [], "")
+    return bool((y == 64 * 9 * 255 * levels).all())      # < 2 ** 24: exact in float32
+
+
+def quantize_weight(weight: torch.Tensor, levels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric int8: ``(int8 weight, float32 scales [O])``, ``w ~ q * scale``,
+    ``|q| <= levels`` (default :func:`weight_levels`: 127, or 63 on a CPU whose int8 conv saturates)."""
+    levels = weight_levels() if levels is None else int(levels)
+    if not 1 <= levels <= 127:
+        raise ValueError(f"levels must be in [1, 127], got {levels}")
     w = weight.detach().float()
-    scale = (w.abs().flatten(1).amax(1) / 127.0).clamp_min(1e-12)
-    q = torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))).clamp_(-127, 127).to(torch.int8)
+    scale = (w.abs().flatten(1).amax(1) / levels).clamp_min(1e-12)
+    q = torch.round(w / scale.view(-1, *([1] * (w.dim() - 1)))).clamp_(-levels, levels).to(torch.int8)
     return q, scale
 
 
