@@ -102,7 +102,7 @@ def speed_line(model, predictor, image, rounds: int = 5) -> str:
     batch = predictor.preprocess([image])[0]
     ms = timing.medians_ms(timing.time_interleaved({"int8": lambda: predictor.forward_raw(batch),
                                       "fp32": lambda: fast.model.forward_raw(fast._prepare(batch))},
-                                     rounds, settle_s=0.0))
+                                     rounds))
     speedup = ms["fp32"] / ms["int8"]
     line = (f"on this CPU ({torch.get_num_threads()} threads, one image, the network alone): int8 {ms['int8']:.1f} ms, "
             f"fp32 FastPredictor {ms['fp32']:.1f} ms: {speedup:.2f}x")
