@@ -97,12 +97,12 @@ def run(args):
 def speed_line(model, predictor, image, rounds: int = 5) -> str:
     """One line: the int8 network against the fp32 FastPredictor's on this CPU (one image, the
     network alone, interleaved medians), and which to ship here. Whether int8 pays depends on the
-    CPU: 2.1x on a Zen 4 with VNNI, 0.89x on an AVX2-only Zen 2 (benchmarks/RESULTS.md)."""
+    CPU: 2.1x on a Zen 4 with VNNI, 0.89-1.02x on an AVX2-only Zen 2 (benchmarks/RESULTS.md)."""
     fast = FastPredictor(model)
     batch = predictor.preprocess([image])[0]
-    ms = timing.medians_ms(timing.time_interleaved({"int8": lambda: predictor.forward_raw(batch),
-                                      "fp32": lambda: fast.model.forward_raw(fast._prepare(batch))},
-                                     rounds))
+    runners = {"int8": lambda: predictor.forward_raw(batch),
+               "fp32": lambda: fast.model.forward_raw(fast._prepare(batch))}
+    ms = timing.medians_ms(timing.time_interleaved(runners, rounds))
     speedup = ms["fp32"] / ms["int8"]
     line = (f"on this CPU ({torch.get_num_threads()} threads, one image, the network alone): int8 {ms['int8']:.1f} ms, "
             f"fp32 FastPredictor {ms['fp32']:.1f} ms: {speedup:.2f}x")

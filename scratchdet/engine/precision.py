@@ -14,8 +14,8 @@ by the CPU's flags alone.
 
 torch 2.14's CPU bfloat16 convolution weight gradient is garbage (finite values around 1e31, or NaN)
 for some strided convolutions on tiny feature maps where oneDNN runs native bfloat16 kernels
-(AVX512_BF16 / AMX; emulated bfloat16 on an AVX2-only Zen 2 computed them right), e.g. a 3x3, stride-2, padding-1 conv on a 1x1
-input (an SSD's last extra layer at a small input size). So a bfloat16 run first checks every
+(AVX512_BF16 / AMX; emulated bfloat16 on an AVX2-only Zen 2 computed them right), e.g. a 3x3,
+stride-2, padding-1 conv on a 1x1 input (an SSD's last extra layer at a small input size). So a bfloat16 run first checks every
 convolution of its model, at the shapes it trains at, against float32 and keeps the ones that fail
 in float32 (:func:`guard_bf16_convs`); the line the run prints names them.
 """

@@ -16,8 +16,8 @@ What it does, in order:
    ranges (no sampling; the images are processed in the order given).
 3. **Quantise**: weights per output channel, symmetric int8 (scale ``max|w_c| / 127``, zero point
    0; 7 bits, ``/ 63``, on a CPU whose int8 conv saturates its int16 pair sums, e.g. AVX2 without
-   VNNI: :func:`weight_levels` finds out by running one conv); activations per tensor, asymmetric uint8 from the calibrated range (a ReLU output has zero
-   point 0). The convs named by ``float_layers`` (``"first"``: the first conv, ``"heads"``: the loc
+   VNNI: :func:`weight_levels` finds out by running one conv); activations per tensor, asymmetric
+   uint8 from the calibrated range (a ReLU output has zero point 0). The convs named by ``float_layers`` (``"first"``: the first conv, ``"heads"``: the loc
    and conf heads, or qualified module names) keep their fp32 fused conv.
 4. **Plan** which tensors stay int8 between layers: one traced forward records who consumes each
    conv's output. An output that only int8 convs consume stays uint8 (the consumer reads it with
@@ -31,9 +31,9 @@ was tried: docs/DESIGN.md, "int8 inference".
 
 The saved file (:meth:`QuantizedPredictor.save`) is its own format, ``scratchdet.int8``: the fp32
 model's checkpoint (``scratchdet.save``'s dict) plus the calibrated ranges and the settings, so
-loading rebuilds the same int8 network bit for bit on the same kind of CPU (weights are requantised
-from the fp32 weights, which is deterministic, with that CPU's :func:`weight_levels`). :func:`load_quantized` refuses, in one line, a platform without
-the oneDNN int8 ops.
+loading rebuilds the same int8 network bit for bit on the same kind of CPU (weights are
+requantised from the fp32 weights, which is deterministic, with that CPU's :func:`weight_levels`).
+:func:`load_quantized` refuses, in one line, a platform without the oneDNN int8 ops.
 """
 from __future__ import annotations
 
