@@ -89,7 +89,7 @@ def test_train_step_float32_vs_bfloat16(benchmark, name, batch, size):
     torch's bfloat16 backward gets wrong kept in float32 as the trainer does. On a CPU without
     native bfloat16 the bfloat16 path is emulated: the demo network is timed all the same (what
     ``auto`` avoids); ScratchDet300 is skipped there (its emulated step at 300 px held CI on an
-    AVX2-only Zen 2 for over 20 minutes, for a path no run takes)."""
+    AVX2-only Zen 2 for over 12 minutes before it was stopped, for a path no run takes)."""
     if size >= 300 and not native_bf16():
         pytest.skip("no native bfloat16 on this CPU: the emulated ScratchDet300 step takes many minutes, "
                     "and cpu_bf16=auto never trains in it here")
