@@ -17,8 +17,9 @@ What it does, in order:
 3. **Quantise**: weights per output channel, symmetric int8 (scale ``max|w_c| / 127``, zero point
    0; 7 bits, ``/ 63``, on a CPU whose int8 conv saturates its int16 pair sums, e.g. AVX2 without
    VNNI: :func:`weight_levels` finds out by running one conv); activations per tensor, asymmetric
-   uint8 from the calibrated range (a ReLU output has zero point 0). The convs named by ``float_layers`` (``"first"``: the first conv, ``"heads"``: the loc
-   and conf heads, or qualified module names) keep their fp32 fused conv.
+   uint8 from the calibrated range (a ReLU output has zero point 0). The convs named by
+   ``float_layers`` (``"first"``: the first conv, ``"heads"``: the loc and conf heads, or
+   qualified module names) keep their fp32 fused conv.
 4. **Plan** which tensors stay int8 between layers: one traced forward records who consumes each
    conv's output. An output that only int8 convs consume stays uint8 (the consumer reads it with
    the producer's scale, so there is no requantisation pass; a max-pool in between passes uint8
@@ -37,6 +38,7 @@ requantised from the fp32 weights, which is deterministic, with that CPU's :func
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -87,9 +89,7 @@ def _qparams_from_range(lo: float, hi: float) -> tuple[float, int]:
     return scale, zero_point
 
 
-_weight_levels: int | None = None
-
-
+@functools.cache
 def weight_levels() -> int:
     """The int8 weights' largest magnitude on this CPU: 127, or 63 where oneDNN's int8 convolution
     saturates. Without VNNI (AVX2-only CPUs such as AMD Zen 2) it multiplies with ``vpmaddubsw``,
@@ -98,10 +98,7 @@ def weight_levels() -> int:
     with 7-bit weights 2 x 255 x 63 fits and the integer arithmetic is exact again (ONNX Runtime's
     ``reduce_range`` and NNCF's overflow fix do the same). Found once per process by running one
     such conv and comparing it with its exact sum, not from the CPU's flags."""
-    global _weight_levels
-    if _weight_levels is None:
-        _weight_levels = 127 if _int8_conv_is_exact(127) else 63
-    return _weight_levels
+    return 127 if _int8_conv_is_exact(127) else 63
 
 
 def _int8_conv_is_exact(levels: int) -> bool:
