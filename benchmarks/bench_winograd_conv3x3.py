@@ -1,6 +1,7 @@
 """winograd_conv3x3 against the other ways to run one fused 3x3 stride-1 conv + bias + residual + ReLU,
 on ScratchDet300's layer shapes (B=1, channels_last, fp32, CPU), same run:
-- winograd:    scratchdet.ops.winograd_conv3x3 (weight packed once)
+- winograd:    scratchdet.ops.winograd_conv3x3, F(4x4, 3x3) (weight packed once)
+- winograd-f63: the same with F(6x6, 3x3) tiles (winograd_f63_pack)
 - onednn:      oneDNN conv with the weight prepacked once and add + ReLU as post-ops
                (mkldnn::_convolution_pointwise, what TorchScript/Inductor freezing use)
 - conv_bn_act: scratchdet.ops.conv_bn_act (oneDNN conv + our epilogue)
@@ -17,7 +18,7 @@ from scratchdet.ops import reference
 
 # (H = W, C_in = C_out): the root block, stage 2 and stage 4 of Root-ResNet-34 at 300x300
 LAYERS = [(300, 64), (75, 128), (19, 512)]
-IMPLS = ["winograd", "onednn", "conv_bn_act", "eager", "reference"]
+IMPLS = ["winograd", "winograd-f63", "onednn", "conv_bn_act", "eager", "reference"]
 
 
 def _case(size, channels):
@@ -34,8 +35,8 @@ def _case(size, channels):
 def test_winograd_conv3x3_cpu(benchmark, impl, layer):
     benchmark.group = f"conv3x3 + bias + add + relu cpu {layer[0]}x{layer[0]}x{layer[1]}"
     x, w, b, r = _case(*layer)
-    if impl == "winograd":
-        packed = ops.winograd_f43_pack(w)
+    if impl in ("winograd", "winograd-f63"):
+        packed = (ops.winograd_f43_pack if impl == "winograd" else ops.winograd_f63_pack)(w)
         fn = lambda: ops.winograd_conv3x3(x, packed, b, r, True)  # noqa: E731
     elif impl == "onednn":
         if not onednn.available():

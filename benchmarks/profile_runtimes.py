@@ -39,7 +39,8 @@ from scratchdet.models.fused_layers import FusedConvAct  # noqa: E402
 from scratchdet.models.quantize import Int8Conv  # noqa: E402
 
 
-BACKEND_LABELS = {"winograd": "winograd F(4,3)", "onednn-prepacked": "prepacked oneDNN"}
+BACKEND_LABELS = {"winograd": "winograd F(4,3)", "winograd-f63": "winograd F(6,3)",
+                  "onednn-prepacked": "prepacked oneDNN"}
 
 
 def _signature(cin, cout, h, w, stride):

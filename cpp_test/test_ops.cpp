@@ -100,17 +100,20 @@ void test_conv_bn_act() {
   expect(close(out, want, 1e-5), "conv_bn_act = relu(conv2d + residual)");
 }
 
-// Winograd F(4x4, 3x3) against ATen's direct conv.
+// Winograd F(4x4, 3x3) and F(6x6, 3x3) against ATen's direct conv.
 void test_winograd_conv3x3() {
   at::manual_seed(0);
   auto x = at::randn({2, 10, 13, 9}), w = at::randn({7, 10, 3, 3}) / 10.0, b = at::randn({7});
-  auto out = scratchdet::ops::winograd_conv3x3(x, scratchdet::ops::winograd_f43_pack(w), b, std::nullopt, true);
   auto want = at::relu(at::conv2d(x, w, b, 1, 1));
-  const double err = (out - want).abs().max().item<double>() / want.abs().max().item<double>();
-  expect(out.sizes() == want.sizes() && err < 5e-5,
-         "winograd_conv3x3 matches conv2d (rel err " + std::to_string(err) + ")");
+  for (const auto& [name, packed] : {std::pair{"F(4x4, 3x3)", scratchdet::ops::winograd_f43_pack(w)},
+                                     std::pair{"F(6x6, 3x3)", scratchdet::ops::winograd_f63_pack(w)}}) {
+    auto out = scratchdet::ops::winograd_conv3x3(x, packed, b, std::nullopt, true);
+    const double err = (out - want).abs().max().item<double>() / want.abs().max().item<double>();
+    expect(out.sizes() == want.sizes() && err < 5e-5,
+           std::string("winograd_conv3x3 ") + name + " matches conv2d (rel err " + std::to_string(err) + ")");
+  }
   expect(throws_with([&] { scratchdet::ops::winograd_conv3x3(x, w, b, std::nullopt, true); },
-                     "packed_weight of shape [36, C_in, C_out]"),
+                     "packed_weight of shape [36 or 64, C_in, C_out]"),
          "winograd_conv3x3 rejects an unpacked weight with a clear message");
 }
 

@@ -15,7 +15,7 @@
 //   ops/cuda/<op>_kernel.cu  CUDA kernel (TORCH_LIBRARY_IMPL CUDA), where the op has one
 //   ops/common/              what several ops share: checks, box and NMS arithmetic, autocast,
 //                            Winograd transforms; ops/cuda/greedy_nms.cuh, the CUDA NMS kernel
-// winograd_f43_pack belongs to winograd_conv3x3's file set, batch_norm_relu_backward to
+// winograd_f43_pack and winograd_f63_pack belong to winograd_conv3x3's file set, batch_norm_relu_backward to
 // batch_norm_relu's (its autograd formula is registered from Python: the C++ op is not differentiable).
 #include <string>
 

@@ -294,29 +294,29 @@ class FakeClock:
         return self.now
 
 
-@pytest.mark.parametrize("slow", ["winograd", "direct"])
-def test_tuned_convs_keep_the_faster_backend_per_shape(monkeypatch, slow):
-    # Make one backend 30 ms slower on a fake clock, so the verdict does not depend on how busy the
-    # machine is: every tuned conv must keep the other one, each (weight shape, input shape,
+@pytest.mark.parametrize("fast", ["winograd", "winograd-f63", "direct"])
+def test_tuned_convs_keep_the_fastest_backend_per_shape(monkeypatch, fast):
+    # Make two of the three backends 30 ms slower on a fake clock, so the verdict does not depend on
+    # how busy the machine is: every tuned conv must keep the third, each (weight shape, input shape,
     # residual) must be timed once, and the network's outputs stay those of the unfused model.
     model = small("root_resnet_tiny")
     direct = "onednn-prepacked" if onednn.available() else "conv_bn_act"
-    slow_name = "winograd" if slow == "winograd" else direct
-    calls = {"winograd": 0, direct: 0}
+    fast_name = direct if fast == "direct" else fast
+    calls = {"winograd": 0, "winograd-f63": 0, direct: 0}
     clock = FakeClock()
 
     def wrap(name, fn):
         def run(conv, x, residual):
             if conv.tune:       # the untuned convs (stride 2, 1x1) run the direct backend too
                 calls[name] += 1
-                clock.now += 0.031 if name == slow_name else 0.001
+                clock.now += 0.001 if name == fast_name else 0.031
             return fn(conv, x, residual)
         return run
 
     monkeypatch.setattr(conv_backends, "_BACKENDS", {**conv_backends._BACKENDS, **{
         name: wrap(name, conv_backends._BACKENDS[name]) for name in calls}})
     predictor = FastPredictor(model)
-    assert predictor.conv_backend == f"tuned(winograd|{direct})+{direct}"
+    assert predictor.conv_backend == f"tuned(winograd|winograd-f63|{direct})+{direct}"
     assert use_tuned_backends(predictor.model, clock=clock) > 0     # the same convs, timed on the fake clock
     assert predictor.tactics() == {}
     x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
@@ -326,23 +326,28 @@ def test_tuned_convs_keep_the_faster_backend_per_shape(monkeypatch, slow):
     table = predictor.tactics()
     tuned = [m for m in predictor.model.modules() if isinstance(m, FusedConvAct) and m.tune]
     assert len(tuned) > len(table) > 0            # repeated shapes share one timing
-    assert set(table.values()) == {direct if slow == "winograd" else "winograd"}
+    assert set(table.values()) == {fast_name}
     per_tuning = 1 + conv_backends.TUNING_ROUNDS
-    assert calls[slow_name] == per_tuning * len(table)
+    for name in calls:
+        if name != fast_name:
+            assert calls[name] == per_tuning * len(table)
     for w, g in zip(want, got):
         assert rel_err(g, w) < 1e-4
     calls.update(dict.fromkeys(calls, 0))
     with torch.no_grad():
         again = predictor.model.forward_raw(predictor._prepare(x))   # decided: one call per conv
-    assert calls[slow_name] == 0 and sum(calls.values()) == len(tuned)
+    assert calls[fast_name] == sum(calls.values()) == len(tuned)
     for a, g in zip(again, got):
         assert torch.equal(a, g)
     with torch.no_grad():                          # a new batch shape is timed anew
         predictor.model.forward_raw(predictor._prepare(x[:1]))
     assert len(predictor.tactics()) == 2 * len(table)
-    # the losing backend's packed weight is dropped where a conv chose the other one
+    # only the winner's packed weight is kept
     for m in tuned:
-        assert (m._wino_packed is None) == (slow == "winograd")
+        assert (m._wino_packed is not None) == (fast == "winograd")
+        assert (m._wino63_packed is not None) == (fast == "winograd-f63")
+        if fast != "direct":
+            assert m._packed is None
 
 
 def test_tuned_choices_survive_a_deep_copy_and_share_one_table():
@@ -360,7 +365,7 @@ def test_fast_predictor_cpu_matches_predict():
     predictor = FastPredictor(model)
     assert predictor.model.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     direct = "onednn-prepacked" if onednn.available() else "conv_bn_act"
-    assert predictor.conv_backend == f"tuned(winograd|{direct})+{direct}"
+    assert predictor.conv_backend == f"tuned(winograd|winograd-f63|{direct})+{direct}"
     assert FastPredictor(model, onednn_prepack=False, winograd=False).conv_backend == "conv_bn_act"
     assert FastPredictor(model, onednn_prepack=False, winograd=True).conv_backend == "winograd+conv_bn_act"
     assert not any(getattr(m, "winograd", False) for m in model.modules())   # the caller's model untouched
@@ -376,7 +381,9 @@ def test_fast_predictor_cpu_matches_predict():
     out = predictor.predict(imgs)
     for r, o in zip(ref, out):
         assert torch.equal(r["labels"], o["labels"])
-        torch.testing.assert_close(o["boxes"], r["boxes"], rtol=0, atol=1e-3)
+        # Winograd's rounding (F(6x6, 3x3): ~1e-5 of a layer's scale) reaches the boxes: 1e-4 relative,
+        # the bound the exported detector is held to as well
+        torch.testing.assert_close(o["boxes"], r["boxes"], rtol=1e-4, atol=1e-3)
     assert scratchdet.FastPredictor is FastPredictor
     with pytest.raises(ValueError, match="cuda_graph=True needs a model on a CUDA device"):
         FastPredictor(model, cuda_graph=True)

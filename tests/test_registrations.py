@@ -106,8 +106,13 @@ CASES = [
     ("winograd_f43_pack", (z(6, 4, 3),), r"weight of shape \[C_out, C_in, 3, 3\]"),
     ("winograd_f43_pack", (z(6, 4, 5, 5),), "3x3 weight"),
     ("winograd_f43_pack", (z(6, 4, 3, 3, dtype=torch.float16),), "float32 or float64, got torch.float16"),
+    ("winograd_conv3x3", (z(1, 4, 8, 8), z(63, 4, 6), None, None, False), r"\[36 or 64, C_in, C_out\] with C_in = 4"),
+    ("winograd_f63_pack", (z(6, 4, 3),), r"weight of shape \[C_out, C_in, 3, 3\]"),
+    ("winograd_f63_pack", (z(6, 4, 5, 5),), "winograd_f63_pack: expected a 3x3 weight"),
+    ("winograd_f63_pack", (z(6, 4, 3, 3, dtype=torch.float16),), "float32 or float64, got torch.float16"),
 ]
-OPS = ["box_iou", "match_priors", "batched_nms", "detect", "conv_bn_act", "winograd_conv3x3", "winograd_f43_pack"]
+OPS = ["box_iou", "match_priors", "batched_nms", "detect", "conv_bn_act", "winograd_conv3x3", "winograd_f43_pack",
+       "winograd_f63_pack"]
 
 
 def _message(fn, *args):
@@ -179,13 +184,13 @@ def test_public_functions_call_the_compiled_ops():
         assert callable(getattr(scratchdet.ops, name))
 
 
-WIDE = (2**31 - 1) // 36 + 1  # one channel more than winograd_conv3x3's BLAS calls take
+WIDE = (2**31 - 1) // 64 + 1  # one channel more than winograd_conv3x3's BLAS calls take
 LIMITS = [  # fake tensors cost no memory, so the fake kernels can be shown sizes past the 32-bit limits
     ("match_priors", lambda: (torch.empty(2**31, 4), torch.empty(3, 4, 4), torch.ones(3, 4, dtype=i64), 0.5, [0.1, 0.2]),
      r"match_priors: expected fewer than 2\^31 priors and GTs per image, got P = 2147483648 and G = 4"),
     ("winograd_conv3x3", lambda: (torch.empty(1, WIDE, 1, 1), torch.empty(36, WIDE, 2), None, None, False),
-     r"winograd_conv3x3: expected fewer than 2\^31 / 36 channels \(BLAS takes 32-bit sizes\), "
-     r"got C_in = 59652324 and C_out = 2"),
+     r"winograd_conv3x3: expected fewer than 2\^31 / 64 channels \(BLAS takes 32-bit sizes\), "
+     r"got C_in = 33554432 and C_out = 2"),
 ]
 
 

@@ -1,5 +1,6 @@
-"""winograd_conv3x3 / winograd_f43_pack: the kernel against the tensor-op reference and against
-conv2d (the semantics), the edge cases, bad input, and the fused-model switch."""
+"""winograd_conv3x3 / winograd_f43_pack / winograd_f63_pack: the kernel against the tensor-op reference
+and against conv2d (the semantics), for both tile sizes, the edge cases, bad input, and the fused-model
+switch."""
 import copy
 import os
 import subprocess
@@ -22,6 +23,12 @@ CL = torch.channels_last
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# tile side -> (the op's pack, the reference's pack, transform positions)
+PACKS = {4: (ops.winograd_f43_pack, reference.winograd_f43_pack, 36),
+         6: (ops.winograd_f63_pack, reference.winograd_f63_pack, 64)}
+TILES = pytest.mark.parametrize("tile", sorted(PACKS), ids=lambda m: f"F{m}x{m}")
+
+
 def rel_err(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
@@ -41,16 +48,17 @@ def direct(x, weight, bias, residual, relu):
     return (out.relu() if relu else out).float()
 
 
-def check(x, weight, bias, residual, relu):
-    packed = ops.winograd_f43_pack(weight)
-    out = ops.winograd_conv3x3(x, packed, bias, residual, relu)
-    ref = reference.winograd_conv3x3(x, reference.winograd_f43_pack(weight), bias, residual, relu)
+def check(x, weight, bias, residual, relu, tile=4):
+    pack, reference_pack, _ = PACKS[tile]
+    out = ops.winograd_conv3x3(x, pack(weight), bias, residual, relu)
+    ref = reference.winograd_conv3x3(x, reference_pack(weight), bias, residual, relu)
     want = direct(x, weight, bias, residual, relu)
     assert out.shape == want.shape and out.dtype == torch.float32
     assert out.is_contiguous(memory_format=CL if x.is_contiguous(memory_format=CL) and x.shape[1] > 1
                              else torch.contiguous_format) or out.numel() == 0
     if out.numel():
-        # F(4x4, 3x3) rounds a little more than a direct conv: ~1e-5 of the output's scale
+        # Winograd rounds a little more than a direct conv: ~1e-5 of the output's scale (F(6x6, 3x3)
+        # about 1.5x F(4x4, 3x3))
         assert rel_err(out, want) < 5e-5
         assert rel_err(out, ref) < 5e-5
         assert rel_err(ref, want) < 5e-5
@@ -58,26 +66,43 @@ def check(x, weight, bias, residual, relu):
 
 
 # ---------------------------------------------------------------- the transforms themselves
-def test_pack_matches_the_reference_and_the_definition():
+@TILES
+def test_pack_matches_the_reference_and_the_definition(tile):
+    pack, reference_pack, positions = PACKS[tile]
     weight = torch.randn(5, 7, 3, 3, dtype=torch.float64)
-    packed = ops.winograd_f43_pack(weight)
-    assert packed.shape == (36, 7, 5) and packed.dtype == torch.float32
-    g = torch.tensor(reference.WINOGRAD_F43["G"], dtype=torch.float64)
+    packed = pack(weight)
+    assert packed.shape == (positions, 7, 5) and packed.dtype == torch.float32
+    matrices = reference.WINOGRAD_F43 if tile == 4 else reference.WINOGRAD_F63
+    g = torch.tensor(matrices["G"], dtype=torch.float64)
     for o, i in [(0, 0), (4, 6), (2, 3)]:
         u = g @ weight[o, i] @ g.T
-        torch.testing.assert_close(packed[:, i, o].double(), u.reshape(36), rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(packed, reference.winograd_f43_pack(weight), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(packed[:, i, o].double(), u.reshape(positions), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(packed, reference_pack(weight), rtol=1e-6, atol=1e-7)
     # float32 weights are transformed in float64 too: the same result as from the float64 weight
-    torch.testing.assert_close(ops.winograd_f43_pack(weight.float()), reference.winograd_f43_pack(weight.float()),
-                               rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(pack(weight.float()), reference_pack(weight.float()), rtol=1e-6, atol=1e-7)
 
 
-def test_one_pixel_filter_is_exact():
+@TILES
+def test_the_matrices_compute_a_1d_correlation_exactly(tile):
+    # A^T [(G g) . (B^T d)] is the valid correlation of d with g, in exact rational arithmetic
+    # terms: float64 leaves only rounding, far below the float32 kernel's
+    matrices = reference.WINOGRAD_F43 if tile == 4 else reference.WINOGRAD_F63
+    bt, g, at = (torch.tensor(matrices[k], dtype=torch.float64) for k in ("BT", "G", "AT"))
+    gen = torch.Generator().manual_seed(tile)
+    for _ in range(20):
+        d, w = torch.randn(tile + 2, dtype=torch.float64, generator=gen), torch.randn(3, dtype=torch.float64,
+                                                                                     generator=gen)
+        want = torch.stack([d[i:i + 3] @ w for i in range(tile)])
+        torch.testing.assert_close(at @ ((g @ w) * (bt @ d)), want, rtol=1e-12, atol=1e-12)
+
+
+@TILES
+def test_one_pixel_filter_is_exact(tile):
     # a filter that only has its centre tap is a 1x1 conv: every transform is exact for it up to rounding
     x, _, bias, _ = make(2, 3, 4, 6, 5)
     weight = torch.zeros(4, 3, 3, 3)
     weight[:, :, 1, 1] = torch.randn(4, 3)
-    out = ops.winograd_conv3x3(x, ops.winograd_f43_pack(weight), bias)
+    out = ops.winograd_conv3x3(x, PACKS[tile][0](weight), bias)
     torch.testing.assert_close(out, F.conv2d(x, weight, bias, padding=1), rtol=1e-5, atol=1e-5)
 
 
@@ -85,12 +110,12 @@ def test_one_pixel_filter_is_exact():
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 3), c_in=st.integers(1, 20), c_out=st.integers(1, 20), h=st.integers(1, 14),
        w=st.integers(1, 14), use_bias=st.booleans(), use_res=st.booleans(), relu=st.booleans(),
-       channels_last=st.booleans(), seed=st.integers(0, 2**16))
-def test_random_shapes(n, c_in, c_out, h, w, use_bias, use_res, relu, channels_last, seed):
+       channels_last=st.booleans(), seed=st.integers(0, 2**16), tile=st.sampled_from(sorted(PACKS)))
+def test_random_shapes(n, c_in, c_out, h, w, use_bias, use_res, relu, channels_last, seed, tile):
     x, weight, bias, res = make(n, c_in, c_out, h, w, seed)
     if channels_last:
         x, res = x.contiguous(memory_format=CL), res.contiguous(memory_format=CL)
-    check(x, weight, bias if use_bias else None, res if use_res else None, relu)
+    check(x, weight, bias if use_bias else None, res if use_res else None, relu, tile)
 
 
 @pytest.mark.parametrize("shape", [
@@ -99,16 +124,19 @@ def test_random_shapes(n, c_in, c_out, h, w, use_bias, use_res, relu, channels_l
     (1, 8, 8, 300, 4),        # one very tall column of tiles
     (16, 5, 3, 4, 4),         # a large batch of single-tile images
     (1, 9, 17, 1, 1),         # one pixel: one tile, mostly padding
-    (2, 3, 5, 4, 8),          # sizes that are multiples of the tile
+    (2, 3, 5, 4, 8),          # sizes that are multiples of the 4x4 tile
+    (2, 3, 5, 12, 18),        # multiples of both tiles
+    (1, 48, 40, 7, 13),       # one 6x6 tile and one pixel high
 ], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("threads", [1, 2])
-def test_chunking_and_threading(shape, threads):
+@TILES
+def test_chunking_and_threading(shape, threads, tile):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         x, weight, bias, res = make(*shape)
-        check(x.contiguous(memory_format=CL), weight, bias, res, True)
-        check(x, weight, None, None, False)
+        check(x.contiguous(memory_format=CL), weight, bias, res, True, tile)
+        check(x, weight, None, None, False, tile)
     finally:
         torch.set_num_threads(before)
 
@@ -143,7 +171,8 @@ def test_every_gemm_path_equals_the_direct_conv(tmp_path, path, isa):
         "    g = torch.Generator().manual_seed(i)\n"
         "    x = torch.randn(n, ci, h, w, generator=g); wt = torch.randn(co, ci, 3, 3, generator=g)\n"
         "    b = torch.randn(co, generator=g); r = torch.randn(n, co, h, w, generator=g)\n"
-        "    outs.append((x, wt, b, r, ops.winograd_conv3x3(x, ops.winograd_f43_pack(wt), b, r, True)))\n"
+        "    for pack in (ops.winograd_f43_pack, ops.winograd_f63_pack):\n"
+        "        outs.append((x, wt, b, r, ops.winograd_conv3x3(x, pack(wt), b, r, True)))\n"
         "torch.save(outs, sys.argv[1])\n")
     path_file = tmp_path / f"{path}-{isa}.pt"
     env = dict(os.environ, SCRATCHDET_WINOGRAD_GEMM=path, SCRATCHDET_CPU_ISA=isa)
@@ -171,29 +200,34 @@ def test_unknown_cpu_isa_is_refused():
     assert "SCRATCHDET_CPU_ISA must be auto, avx512 or avx2, got 'sse2'" in run.stderr
 
 
-def test_empty_inputs():
+@TILES
+def test_empty_inputs(tile):
+    pack, _, positions = PACKS[tile]
     x, weight, bias, res = make(0, 4, 6, 5, 5)
-    out = ops.winograd_conv3x3(x, ops.winograd_f43_pack(weight), bias, res, True)
+    out = ops.winograd_conv3x3(x, pack(weight), bias, res, True)
     assert out.shape == (0, 6, 5, 5)
     # no input channels: the conv is an empty sum, the output is its epilogue
     x, weight, bias, res = make(2, 0, 3, 4, 5)
-    out = ops.winograd_conv3x3(x, ops.winograd_f43_pack(weight), bias, res, True)
+    out = ops.winograd_conv3x3(x, pack(weight), bias, res, True)
     torch.testing.assert_close(out, (bias.view(1, -1, 1, 1) + res).relu())
-    assert ops.winograd_f43_pack(torch.randn(0, 3, 3, 3)).shape == (36, 3, 0)
+    assert pack(torch.randn(0, 3, 3, 3)).shape == (positions, 3, 0)
 
 
-def test_non_contiguous_inputs():
+@TILES
+def test_non_contiguous_inputs(tile):
+    pack = PACKS[tile][0]
     x, weight, bias, res = make(2, 6, 5, 9, 7)
-    out = ops.winograd_conv3x3(non_contiguous(x), ops.winograd_f43_pack(non_contiguous(weight)),
+    out = ops.winograd_conv3x3(non_contiguous(x), pack(non_contiguous(weight)),
                                non_contiguous(bias), non_contiguous(res), True)
-    torch.testing.assert_close(out, ops.winograd_conv3x3(x, ops.winograd_f43_pack(weight), bias, res, True))
+    torch.testing.assert_close(out, ops.winograd_conv3x3(x, pack(weight), bias, res, True))
     assert rel_err(out, direct(x, weight, bias, res, True)) < 5e-5
 
 
-def test_nan_is_not_hidden_by_relu():
+@TILES
+def test_nan_is_not_hidden_by_relu(tile):
     x, weight, bias, _ = make(1, 4, 4, 10, 10)
     x[0, 2, 5, 5] = float("nan")
-    out = ops.winograd_conv3x3(x, ops.winograd_f43_pack(weight), bias, None, True)
+    out = ops.winograd_conv3x3(x, PACKS[tile][0](weight), bias, None, True)
     assert torch.isnan(out[0, :, 4:7, 4:7]).all()        # every output that reads the NaN pixel
 
 
@@ -204,7 +238,9 @@ def test_bad_input_gets_a_clear_error():
     cases = [
         (lambda: ops.winograd_conv3x3(x.double(), packed.double()), "dtype float32"),
         (lambda: ops.winograd_conv3x3(x.half(), packed), "dtype float32"),
-        (lambda: ops.winograd_conv3x3(x, weight), r"packed_weight of shape \[36, C_in, C_out\]"),
+        (lambda: ops.winograd_conv3x3(x, weight), r"packed_weight of shape \[36 or 64, C_in, C_out\]"),
+        (lambda: ops.winograd_conv3x3(x, packed[:35]), r"\[36 or 64, C_in, C_out\] with C_in = 4"),
+        (lambda: ops.winograd_conv3x3(x[:, :3], ops.winograd_f63_pack(weight)), "C_in = 3"),
         (lambda: ops.winograd_conv3x3(x[:, :3], packed), "C_in = 3"),
         (lambda: ops.winograd_conv3x3(x[0], packed), r"input of shape \[N, C_in, H, W\]"),
         (lambda: ops.winograd_conv3x3(x, packed, bias[:5]), r"bias of shape \[6\]"),
@@ -213,6 +249,9 @@ def test_bad_input_gets_a_clear_error():
         (lambda: ops.winograd_f43_pack(torch.randn(6, 4, 5, 5)), "3x3 weight"),
         (lambda: ops.winograd_f43_pack(weight.half()), "float32 or float64"),
         (lambda: ops.winograd_f43_pack(weight[0]), r"\[C_out, C_in, 3, 3\]"),
+        (lambda: ops.winograd_f63_pack(torch.randn(6, 4, 5, 5)), "winograd_f63_pack: expected a 3x3 weight"),
+        (lambda: ops.winograd_f63_pack(weight.half()), "float32 or float64"),
+        (lambda: ops.winograd_f63_pack(weight[0]), r"\[C_out, C_in, 3, 3\]"),
     ]
     for call, message in cases:
         with pytest.raises(RuntimeError, match=message):
@@ -222,6 +261,10 @@ def test_bad_input_gets_a_clear_error():
         reference.winograd_conv3x3(x.double(), packed.double())
     with pytest.raises(RuntimeError, match="3x3 weight"):
         reference.winograd_f43_pack(torch.randn(6, 4, 5, 5))
+    with pytest.raises(RuntimeError, match="winograd_f63_pack: expected a 3x3 weight"):
+        reference.winograd_f63_pack(torch.randn(6, 4, 5, 5))
+    with pytest.raises(RuntimeError, match=r"\[36 or 64, C_in, C_out\] with C_in = 4"):
+        reference.winograd_conv3x3(x, packed[:35])
 
 
 @pytest.mark.cuda
@@ -232,6 +275,8 @@ def test_cuda_tensors_are_refused_with_a_pointer_to_conv_bn_act():
         ops.winograd_conv3x3(x.cuda(), packed.cuda())
     with pytest.raises(RuntimeError, match="CPU only"):
         ops.winograd_f43_pack(weight.cuda())
+    with pytest.raises(RuntimeError, match="winograd_f63_pack: CPU only"):
+        ops.winograd_f63_pack(weight.cuda())
 
 
 def test_autocast_passes_the_float32_ops_through():
@@ -255,6 +300,11 @@ def test_opcheck():
                           (x.contiguous(memory_format=CL), packed, None, None, False),
                           test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(torch.ops.scratchdet.winograd_f43_pack.default, (weight,),
+                          test_utils=("test_schema", "test_faketensor"))
+    packed63 = ops.winograd_f63_pack(weight)
+    torch.library.opcheck(torch.ops.scratchdet.winograd_conv3x3.default, (x, packed63, bias, res, True),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.scratchdet.winograd_f63_pack.default, (weight,),
                           test_utils=("test_schema", "test_faketensor"))
 
 

@@ -1,4 +1,4 @@
-// winograd_conv3x3 and winograd_f43_pack: schemas, typed API and the CUDA refusal. Kernels:
+// winograd_conv3x3, winograd_f43_pack and winograd_f63_pack: schemas, typed API and the CUDA refusal. Kernels:
 // cpu/winograd_conv3x3_kernel.cpp (the CPU path of the fused network for its 3x3 stride-1 convs).
 //
 // CPU only. On CUDA, conv_bn_act goes through cuDNN, which has its own Winograd kernels and picks
@@ -28,6 +28,13 @@ at::Tensor winograd_f43_pack(const at::Tensor& weight) {
   return op.call(weight);
 }
 
+at::Tensor winograd_f63_pack(const at::Tensor& weight) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("scratchdet::winograd_f63_pack", "")
+                       .typed<decltype(winograd_f63_pack)>();
+  return op.call(weight);
+}
+
 }  // namespace ops
 
 namespace {
@@ -43,6 +50,7 @@ namespace {
 TORCH_LIBRARY_FRAGMENT(scratchdet, m) {
   m.def("winograd_conv3x3(Tensor input, Tensor packed_weight, Tensor? bias, Tensor? residual, bool relu) -> Tensor");
   m.def("winograd_f43_pack(Tensor weight) -> Tensor");
+  m.def("winograd_f63_pack(Tensor weight) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(scratchdet, CUDA, m) {
@@ -52,5 +60,8 @@ TORCH_LIBRARY_IMPL(scratchdet, CUDA, m) {
   });
   m.impl("winograd_f43_pack", [](const at::Tensor&) -> at::Tensor {
     scratchdet::winograd_not_on_cuda("winograd_f43_pack");
+  });
+  m.impl("winograd_f63_pack", [](const at::Tensor&) -> at::Tensor {
+    scratchdet::winograd_not_on_cuda("winograd_f63_pack");
   });
 }

@@ -9,9 +9,10 @@ faster paths can be switched on for a fused model, each caching a weight packed 
   (:func:`scratchdet.ops.winograd_conv3x3`); it takes precedence where it applies;
 - :func:`use_onednn_prepack`: the other convs through weights prepacked for oneDNN
   (:mod:`scratchdet.models.onednn`), bias / residual / ReLU as oneDNN post-ops;
-- :func:`use_tuned_backends`: per 3x3 stride-1 conv, whichever of Winograd and the direct conv
-  is faster on this machine, timed once per input shape (TensorRT-style tactic selection:
-  which one wins depends on the CPU, the layer's width and its map size, benchmarks/RESULTS.md).
+- :func:`use_tuned_backends`: per 3x3 stride-1 conv, whichever of Winograd F(4x4, 3x3),
+  Winograd F(6x6, 3x3) and the direct conv is faster on this machine, timed once per input shape
+  (TensorRT-style tactic selection: which one wins depends on the CPU, the layer's width and its
+  map size, benchmarks/RESULTS.md).
   The timing reads ``time.perf_counter`` unless another ``clock`` is given (tests use a fake one).
 
 Anything unusual (another dtype or device, autograd, tracing, a wrong channel count) goes
@@ -57,6 +58,12 @@ def _run_winograd(conv, x, residual):
     return ops.winograd_conv3x3(x, conv._wino_packed[1], conv.bias, residual, conv.relu)
 
 
+def _run_winograd_f63(conv, x, residual):
+    if conv._wino63_packed is None or conv._wino63_packed[0] != _weight_key(conv):
+        conv._wino63_packed = (_weight_key(conv), ops.winograd_f63_pack(conv.weight))
+    return ops.winograd_conv3x3(x, conv._wino63_packed[1], conv.bias, residual, conv.relu)
+
+
 def _run_onednn(conv, x, residual):
     if conv._packed is None or conv._packed[0] != _weight_key(conv):
         conv._packed = (_weight_key(conv), onednn.pack_weight(conv.weight, conv.padding, conv.stride,
@@ -70,7 +77,10 @@ def _run_op(conv, x, residual):
                            conv.groups, conv.relu)
 
 
-_BACKENDS = {"winograd": _run_winograd, "onednn-prepacked": _run_onednn, "conv_bn_act": _run_op}
+_BACKENDS = {"winograd": _run_winograd, "winograd-f63": _run_winograd_f63, "onednn-prepacked": _run_onednn,
+             "conv_bn_act": _run_op}
+# what use_tuned_backends times against the direct conv
+_WINOGRAD_TACTICS = ("winograd", "winograd-f63")
 
 
 def _direct_name(conv) -> str:
@@ -83,9 +93,9 @@ def _tactic_key(conv, x, residual) -> tuple:
 
 
 def _run_tuned(conv, x, residual):
-    """Time Winograd against the direct conv on this call's shapes (with the conv's clock, set by
-    use_tuned_backends), record the faster in the model's table and return its output."""
-    candidates = ["winograd", _direct_name(conv)]
+    """Time both Winograd tile sizes against the direct conv on this call's shapes (with the conv's
+    clock, set by use_tuned_backends), record the fastest in the model's table and return its output."""
+    candidates = [*_WINOGRAD_TACTICS, _direct_name(conv)]
     clock = conv._clock or time.perf_counter
     outputs = {name: _BACKENDS[name](conv, x, residual) for name in candidates}   # packs the weights
     best_time = dict.fromkeys(candidates, float("inf"))
@@ -96,16 +106,20 @@ def _run_tuned(conv, x, residual):
             best_time[name] = min(best_time[name], clock() - start)
     name = min(candidates, key=best_time.__getitem__)
     conv._tactics[_tactic_key(conv, x, residual)] = name
-    if name != "winograd":      # the loser's packed weight (Winograd's is 4x the weight) is repacked if needed
+    # the losers' packed weights (Winograd's are 4x and 7x the weight) are dropped, repacked if needed
+    if name != "winograd":
         conv._wino_packed = None
-    else:
+    if name != "winograd-f63":
+        conv._wino63_packed = None
+    if name in _WINOGRAD_TACTICS:
         conv._packed = None
     return outputs[name]
 
 
 def backend_name(conv, x: torch.Tensor, residual: torch.Tensor | None) -> str:
-    """What ``conv(x, residual)`` runs on: "winograd", "onednn-prepacked", "conv_bn_act", or
-    "tuning" for a tuned conv whose shapes have not been timed yet."""
+    """What ``conv(x, residual)`` runs on: "winograd" (F(4x4, 3x3)), "winograd-f63" (F(6x6, 3x3),
+    chosen by tuning only), "onednn-prepacked", "conv_bn_act", or "tuning" for a tuned conv whose
+    shapes have not been timed yet."""
     if not (conv.winograd or conv.prepack or conv.tune) or not _cpu_fp32_inference(conv, x, residual):
         return "conv_bn_act"
     if conv.tune:
@@ -133,7 +147,8 @@ class BackendConv(nn.Module):
     _tactics = None                     # the model's table of timed choices (use_tuned_backends)
     _clock = None                       # what tuning reads the time from; None: time.perf_counter
     _packed = None                      # (weight version key, packed weight); never saved or copied
-    _wino_packed = None                 # the same for the Winograd-transformed weight
+    _wino_packed = None                 # the same for the Winograd F(4x4, 3x3)-transformed weight
+    _wino63_packed = None               # and for the F(6x6, 3x3)-transformed one
 
     @property
     def winograd_eligible(self) -> bool:
@@ -147,6 +162,7 @@ class BackendConv(nn.Module):
         state = dict(super().__getstate__())
         state["_packed"] = None         # oneDNN's opaque tensors neither pickle nor deep-copy
         state["_wino_packed"] = None    # derived from the weight: not worth saving
+        state["_wino63_packed"] = None
         return state
 
 
@@ -188,10 +204,10 @@ def use_winograd(fused_model: nn.Module, enabled: bool = True) -> int:
 def use_tuned_backends(fused_model: nn.Module, enabled: bool = True,
                        clock: Callable[[], float] | None = None) -> int:
     """Let the 3x3 stride-1 fused convs of ``fused_model`` (``FusedConvAct.winograd_eligible``) pick
-    Winograd or the direct conv (prepacked oneDNN if :func:`use_onednn_prepack` is on, else the op)
-    on CPU float32 by timing both, the first time a (weight shape, input shape, residual) comes
-    up; convs of the same shapes share that choice (:func:`tactics`). Tuning a shape costs
-    ``2 * (1 + TUNING_ROUNDS)`` runs of that layer. It takes precedence over :func:`use_winograd`
+    Winograd F(4x4, 3x3), Winograd F(6x6, 3x3) or the direct conv (prepacked oneDNN if
+    :func:`use_onednn_prepack` is on, else the op) on CPU float32 by timing all three, the first
+    time a (weight shape, input shape, residual) comes up; convs of the same shapes share that
+    choice (:func:`tactics`). Tuning a shape costs ``3 * (1 + TUNING_ROUNDS)`` runs of that layer. It takes precedence over :func:`use_winograd`
     for the convs it covers. Returns how many convs were switched.
 
     ``clock`` (seconds, as ``time.perf_counter``, the default) is what the timing reads: a test
@@ -202,6 +218,7 @@ def use_tuned_backends(fused_model: nn.Module, enabled: bool = True,
     count = 0
     for conv in _fused_convs(fused_model):
         conv.tune = bool(enabled) and conv.winograd_eligible
+        conv._wino_packed = conv._wino63_packed = None
         conv._tactics = table if conv.tune else None
         conv._clock = clock if conv.tune else None
         count += conv.tune

@@ -40,8 +40,9 @@ class FastPredictor:
         winograd: on CPU in float32, run the 3x3 stride-1 convs (most of the network's
             time) through Winograd F(4x4, 3x3) (:func:`scratchdet.ops.winograd_conv3x3`),
             outputs equal to the direct conv's within ~1e-5 relative (rounding). ``None``
-            (default, CPU float32): each of those convs times Winograd against the direct conv
-            the first time it sees an input shape and keeps the faster one
+            (default, CPU float32): each of those convs times Winograd F(4x4, 3x3), Winograd
+            F(6x6, 3x3) and the direct conv the first time it sees an input shape and keeps the
+            fastest
             (``conv_backends.use_tuned_backends``; which wins depends on the CPU and the layer:
             benchmarks/RESULTS.md), so the first call of a batch shape costs a few network runs
             more. ``conv_backend`` says what runs, :meth:`tactics` what each conv chose.
@@ -74,7 +75,7 @@ class FastPredictor:
         use_onednn_prepack(self.model, bool(onednn_prepack))
         direct = "onednn-prepacked" if onednn_prepack else "conv_bn_act"
         if tune and use_tuned_backends(self.model):
-            self.conv_backend = f"tuned(winograd|{direct})+{direct}"
+            self.conv_backend = f"tuned(winograd|winograd-f63|{direct})+{direct}"
         else:
             n_winograd = use_winograd(self.model, bool(winograd))
             self.conv_backend = "+".join((["winograd"] if n_winograd else []) + [direct])

@@ -13,8 +13,8 @@ from .box_iou import box_iou
 from .conv_bn_act import conv_bn_act
 from .detect import detect
 from .match_priors import match_priors
-from .winograd_conv3x3 import is_winograd_conv, winograd_conv3x3, winograd_f43_pack
+from .winograd_conv3x3 import is_winograd_conv, winograd_conv3x3, winograd_f43_pack, winograd_f63_pack
 
 __all__ = ["EXTENSION_LOADED", "build_info", "reference", "box_iou", "match_priors", "detect", "batched_nms",
-           "conv_bn_act", "winograd_conv3x3", "winograd_f43_pack", "is_winograd_conv", "batch_norm_relu",
+           "conv_bn_act", "winograd_conv3x3", "winograd_f43_pack", "winograd_f63_pack", "is_winograd_conv", "batch_norm_relu",
            "batch_norm_relu_backward"]

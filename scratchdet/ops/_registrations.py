@@ -119,6 +119,12 @@ def _winograd_f43_pack_fake(weight):
     return weight.new_empty(36, weight.shape[1], weight.shape[0], dtype=torch.float32)
 
 
+@_fake("winograd_f63_pack")
+def _winograd_f63_pack_fake(weight):
+    reference.check_winograd_f63_pack_args(weight)
+    return weight.new_empty(64, weight.shape[1], weight.shape[0], dtype=torch.float32)
+
+
 @_fake("batch_norm_relu")
 def _batch_norm_relu_fake(input, weight, bias, residual, eps, relu):
     reference.check_batch_norm_relu_args(input, weight, bias, residual, eps)
@@ -169,6 +175,7 @@ detect = _compiled_or_reference("detect")
 conv_bn_act = _compiled_or_reference("conv_bn_act")
 winograd_conv3x3 = _compiled_or_reference("winograd_conv3x3")
 winograd_f43_pack = _compiled_or_reference("winograd_f43_pack")
+winograd_f63_pack = _compiled_or_reference("winograd_f63_pack")
 batch_norm_relu = _compiled_or_reference("batch_norm_relu")              # the reference is differentiable itself
 batch_norm_relu_backward = _compiled_or_reference("batch_norm_relu_backward")
 

@@ -1,11 +1,13 @@
-// CPU Winograd F(4x4, 3x3) convolution with the conv_bn_act epilogue fused into the output
-// transform. Works on NHWC (channels innermost), so every transform is the same arithmetic
-// on 16 or 8 contiguous channels at a time.
+// CPU Winograd F(4x4, 3x3) and F(6x6, 3x3) convolution with the conv_bn_act epilogue fused into the
+// output transform; the packed weight says which (36 or 64 transform positions). Works on NHWC
+// (channels innermost), so every transform is the same arithmetic on 16 or 8 contiguous channels
+// at a time.
 //
-// Tiles are processed in chunks small enough that a chunk's transformed input V [36][tiles][C_in]
-// and products M [36][tiles][C_out] stay in cache:
-//   1. input transform   d (6x6 patch) -> V = B^T d B
-//   2. 36 GEMMs          M[p] = V[p] @ U[p]      (U = winograd_f43_pack(weight): [36][C_in][C_out])
+// Tiles (m x m outputs from a t x t input patch, t = m + 2, P = t * t positions) are processed in
+// chunks small enough that a chunk's transformed input V [P][tiles][C_in] and products
+// M [P][tiles][C_out] stay in cache:
+//   1. input transform   d (t x t patch) -> V = B^T d B
+//   2. P GEMMs           M[p] = V[p] @ U[p]      (U = winograd_f{43,63}_pack(weight): [P][C_in][C_out])
 //   3. output transform  y = A^T M A, then + bias (+ residual) (ReLU), stored in place.
 // With many chunks each thread runs whole chunks on its own buffers; with few (small maps,
 // wide layers) the threads share one chunk phase by phase.
@@ -24,6 +26,7 @@
 
 #include "../winograd_conv3x3.h"
 #include "small_gemm.h"
+#include "../common/winograd_f63.h"
 
 // x86-64 Linux: compile the transforms three times (AVX-512, AVX2+FMA, baseline) and pick one at
 // load time (ifunc), so the wheel still runs on CPUs without AVX2. Elsewhere: the build's own target.
@@ -38,12 +41,38 @@ namespace {
 
 // GCC/Clang vectors of 8 and 16 floats: one AVX / AVX-512 register where the clone targets it,
 // several narrower ones otherwise. Loads and stores go through memcpy, so they may be unaligned.
-// 16 lanes only on AVX-512 CPUs (avx512_enabled(), cpu_isa.h): elsewhere a tile's 36 vec16 values
+// 16 lanes only on AVX-512 CPUs (avx512_enabled(), cpu_isa.h): elsewhere a tile's 36 or 64 vec16 values
 // spill out of the registers.
 typedef float vec8 __attribute__((vector_size(32)));
 typedef float vec16 __attribute__((vector_size(64)));
 constexpr int kLanes = 8;
-constexpr int kPos = kWinoTile * kWinoTile;  // 36 transform positions
+
+// The two tile sizes: their geometry and 1-D transforms (a row or column of B^T d and A^T m, d and m
+// given as kTile values). The tiles below run the 2-D transforms as two 1-D passes themselves, loading
+// the first pass straight from the image / products and storing the second pass straight to V / the
+// output, so a tile goes through the stack once (t), not four times (d, t, v, and the copies out).
+struct F43 {
+  static constexpr int kTile = 6, kOut = 4, kPos = 36;
+  template <typename T>
+  static SD_WINO_INLINE void input_1d(const T* d, T* r, int stride) {
+    winograd_f43_input_1d(d[0], d[1], d[2], d[3], d[4], d[5], r, stride);
+  }
+  template <typename T>
+  static SD_WINO_INLINE void output_1d(const T* m, T* o, int stride) {
+    winograd_f43_output_1d(m[0], m[1], m[2], m[3], m[4], m[5], o, stride);
+  }
+};
+struct F63 {
+  static constexpr int kTile = 8, kOut = 6, kPos = 64;
+  template <typename T>
+  static SD_WINO_INLINE void input_1d(const T* d, T* r, int stride) {
+    winograd_f63_input_1d(d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], r, stride);
+  }
+  template <typename T>
+  static SD_WINO_INLINE void output_1d(const T* m, T* o, int stride) {
+    winograd_f63_output_1d(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], o, stride);
+  }
+};
 
 // The transforms run on 16 or 8 channels at a time (vec16, vec8) and on the channel tail one at a
 // time (float): the same code for every lane type.
@@ -70,7 +99,7 @@ inline void store_lanes(float* p, float v) { *p = v; }
 #define SD_ALWAYS_INLINE inline __attribute__((always_inline))
 
 // ---- GEMM ------------------------------------------------------------------------------------
-// The GEMMs are small (tiles-per-chunk x C_in x C_out) and many (36 per chunk). Ways to run them:
+// The GEMMs are small (tiles-per-chunk x C_in x C_out) and many (36 or 64 per chunk). Ways to run them:
 // our AVX-512 kernel (small_gemm.h) where avx512_enabled(); our AVX2 kernel; the BLAS sgemm that
 // torch itself links (MKL on x86 wheels) when it exports one; at::mm_out (same result, more
 // overhead per call). SCRATCHDET_WINOGRAD_GEMM, read at the first call:
@@ -149,38 +178,46 @@ void gemm_row_major(int64_t m, int64_t n, int64_t k, const float* a, const float
 // ---- geometry --------------------------------------------------------------------------------
 struct Geometry {
   int64_t batch, height, width, c_in, c_out;
-  int64_t tiles_h, tiles_w, tiles;  // 4x4 output tiles per row / column / in all
+  int64_t tiles_h, tiles_w, tiles;  // output tiles per row / column / in all
 };
 
 // Tile t -> image n and top-left output pixel (oy, ox).
+template <class W>
 inline void tile_origin(const Geometry& g, int64_t t, int64_t& n, int64_t& oy, int64_t& ox) {
   const int64_t per_image = g.tiles_h * g.tiles_w;
   n = t / per_image;
   const int64_t r = t - n * per_image;
-  oy = (r / g.tiles_w) * kWinoOut;
-  ox = (r % g.tiles_w) * kWinoOut;
+  oy = (r / g.tiles_w) * W::kOut;
+  ox = (r % g.tiles_w) * W::kOut;
 }
 
 // ---- phase 1: input transform ----------------------------------------------------------------
-// One tile's channels [c, c + lanes): gather the 6x6 patch (zeros past the edges), transform,
-// scatter to the 36 position rows of v.
-template <typename T>
+// One tile's channels [c, c + lanes): the t x t patch (zeros past the edges) through B^T d B, stored
+// to the P position rows of v. Columns first (t = B^T d, loaded from the image), then rows.
+template <class W, typename T>
 SD_ALWAYS_INLINE void input_tile(const Geometry& g, const float* img, int64_t y0, int64_t x0, bool interior,
                                  int64_t c, float* dst, int64_t pos_stride) {
-  T d[kPos], u[kPos];
-  for (int i = 0; i < kWinoTile; ++i) {
-    const int64_t yy = y0 + i;
-    for (int j = 0; j < kWinoTile; ++j) {
-      const int64_t xx = x0 + j;
+  constexpr int kT = W::kTile;
+  T t[W::kPos];
+  for (int j = 0; j < kT; ++j) {
+    const int64_t xx = x0 + j;
+    T col[kT];
+    for (int i = 0; i < kT; ++i) {
+      const int64_t yy = y0 + i;
       const bool inside = interior || (yy >= 0 && yy < g.height && xx >= 0 && xx < g.width);
-      d[i * kWinoTile + j] = inside ? load_lanes<T>(img + (yy * g.width + xx) * g.c_in + c) : T{};
+      col[i] = inside ? load_lanes<T>(img + (yy * g.width + xx) * g.c_in + c) : T{};
     }
+    W::input_1d(col, t + j, kT);
   }
-  winograd_f43_input_transform(d, u);
-  for (int p = 0; p < kPos; ++p) store_lanes(dst + p * pos_stride + c, u[p]);
+  for (int i = 0; i < kT; ++i) {
+    T row[kT];
+    W::input_1d(t + i * kT, row, 1);
+    for (int j = 0; j < kT; ++j) store_lanes(dst + (i * kT + j) * pos_stride + c, row[j]);
+  }
 }
 
-// Tiles [t_begin, t_end) of the chunk starting at chunk_begin; v is [36][chunk_len][C_in].
+// Tiles [t_begin, t_end) of the chunk starting at chunk_begin; v is [P][chunk_len][C_in].
+template <class W>
 SD_CPU_CLONES
 void input_transform(const Geometry& g, const float* x, float* v, int64_t chunk_begin, int64_t chunk_len,
                      int64_t t_begin, int64_t t_end) {
@@ -188,32 +225,41 @@ void input_transform(const Geometry& g, const float* x, float* v, int64_t chunk_
   const bool wide = avx512_enabled();
   for (int64_t t = t_begin; t < t_end; ++t) {
     int64_t n, oy, ox;
-    tile_origin(g, t, n, oy, ox);
+    tile_origin<W>(g, t, n, oy, ox);
     const int64_t y0 = oy - 1, x0 = ox - 1;  // padding 1
-    const bool interior = y0 >= 0 && x0 >= 0 && y0 + kWinoTile <= g.height && x0 + kWinoTile <= g.width;
+    const bool interior = y0 >= 0 && x0 >= 0 && y0 + W::kTile <= g.height && x0 + W::kTile <= g.width;
     const float* img = x + n * g.height * g.width * C;
     float* dst = v + (t - chunk_begin) * C;
     int64_t c = 0;
-    for (; wide && c + 2 * kLanes <= C; c += 2 * kLanes) input_tile<vec16>(g, img, y0, x0, interior, c, dst, pos_stride);
-    for (; c + kLanes <= C; c += kLanes) input_tile<vec8>(g, img, y0, x0, interior, c, dst, pos_stride);
-    for (; c < C; ++c) input_tile<float>(g, img, y0, x0, interior, c, dst, pos_stride);
+    for (; wide && c + 2 * kLanes <= C; c += 2 * kLanes) input_tile<W, vec16>(g, img, y0, x0, interior, c, dst, pos_stride);
+    for (; c + kLanes <= C; c += kLanes) input_tile<W, vec8>(g, img, y0, x0, interior, c, dst, pos_stride);
+    for (; c < C; ++c) input_tile<W, float>(g, img, y0, x0, interior, c, dst, pos_stride);
   }
 }
 
 // ---- phase 3: output transform + epilogue ----------------------------------------------------
-// One tile's channels [c, c + lanes): gather its 36 products, transform, add bias (and residual),
-// ReLU, and store the part of the 4x4 tile inside the image (rows x cols from pixel base).
-template <typename T, bool kResidual, bool kRelu, bool kBias>
+// One tile's channels [c, c + lanes): its P products through A^T m A (columns first, loaded from
+// src), + bias (and residual), ReLU, stored for the part of the m x m tile inside the image (rows x
+// cols from pixel base).
+template <class W, typename T, bool kResidual, bool kRelu, bool kBias>
 SD_ALWAYS_INLINE void output_tile(const Geometry& g, const float* src, int64_t pos_stride, const float* bias,
                                   const float* residual, float* out, int64_t base, int rows, int cols, int64_t c) {
-  T s[kPos], y[kWinoOut * kWinoOut];
-  for (int p = 0; p < kPos; ++p) s[p] = load_lanes<T>(src + p * pos_stride + c);
-  winograd_f43_output_transform(s, y);
+  constexpr int kT = W::kTile;
+  T t[W::kOut * kT];  // A^T m: kOut rows x kT columns
+  for (int j = 0; j < kT; ++j) {
+    T col[kT];
+    for (int i = 0; i < kT; ++i) col[i] = load_lanes<T>(src + (i * kT + j) * pos_stride + c);
+    W::output_1d(col, t + j, kT);
+  }
+  T b{};
+  if constexpr (kBias) b = load_lanes<T>(bias + c);
   for (int i = 0; i < rows; ++i) {
+    T y[W::kOut];
+    W::output_1d(t + i * kT, y, 1);
     for (int j = 0; j < cols; ++j) {
       const int64_t o = base + (i * g.width + j) * g.c_out + c;
-      T v = y[i * kWinoOut + j];
-      if constexpr (kBias) v += load_lanes<T>(bias + c);
+      T v = y[j];
+      if constexpr (kBias) v += b;
       if constexpr (kResidual) v += load_lanes<T>(residual + o);
       if constexpr (kRelu) v = (v < T{}) ? T{} : v;  // NaN compares false: stays NaN, like torch.relu
       store_lanes(out + o, v);
@@ -221,7 +267,7 @@ SD_ALWAYS_INLINE void output_tile(const Geometry& g, const float* src, int64_t p
   }
 }
 
-template <bool kResidual, bool kRelu, bool kBias>
+template <class W, bool kResidual, bool kRelu, bool kBias>
 SD_CPU_CLONES
 void output_transform(const Geometry& g, const float* m, const float* bias, const float* residual, float* out,
                       int64_t chunk_begin, int64_t chunk_len, int64_t t_begin, int64_t t_end) {
@@ -229,30 +275,31 @@ void output_transform(const Geometry& g, const float* m, const float* bias, cons
   const bool wide = avx512_enabled();
   for (int64_t t = t_begin; t < t_end; ++t) {
     int64_t n, oy, ox;
-    tile_origin(g, t, n, oy, ox);
-    const int rows = static_cast<int>(std::min<int64_t>(kWinoOut, g.height - oy));
-    const int cols = static_cast<int>(std::min<int64_t>(kWinoOut, g.width - ox));
+    tile_origin<W>(g, t, n, oy, ox);
+    const int rows = static_cast<int>(std::min<int64_t>(W::kOut, g.height - oy));
+    const int cols = static_cast<int>(std::min<int64_t>(W::kOut, g.width - ox));
     const int64_t base = (n * g.height * g.width + oy * g.width + ox) * C;
     const float* src = m + (t - chunk_begin) * C;
     int64_t c = 0;
     for (; wide && c + 2 * kLanes <= C; c += 2 * kLanes)
-      output_tile<vec16, kResidual, kRelu, kBias>(g, src, pos_stride, bias, residual, out, base, rows, cols, c);
+      output_tile<W, vec16, kResidual, kRelu, kBias>(g, src, pos_stride, bias, residual, out, base, rows, cols, c);
     for (; c + kLanes <= C; c += kLanes)
-      output_tile<vec8, kResidual, kRelu, kBias>(g, src, pos_stride, bias, residual, out, base, rows, cols, c);
+      output_tile<W, vec8, kResidual, kRelu, kBias>(g, src, pos_stride, bias, residual, out, base, rows, cols, c);
     for (; c < C; ++c)
-      output_tile<float, kResidual, kRelu, kBias>(g, src, pos_stride, bias, residual, out, base, rows, cols, c);
+      output_tile<W, float, kResidual, kRelu, kBias>(g, src, pos_stride, bias, residual, out, base, rows, cols, c);
   }
 }
 
 using OutputFn = void (*)(const Geometry&, const float*, const float*, const float*, float*, int64_t, int64_t,
                           int64_t, int64_t);
 
+template <class W>
 OutputFn pick_output(bool residual, bool relu, bool bias) {
   static const OutputFn table[8] = {
-      output_transform<false, false, false>, output_transform<false, false, true>,
-      output_transform<false, true, false>,  output_transform<false, true, true>,
-      output_transform<true, false, false>,  output_transform<true, false, true>,
-      output_transform<true, true, false>,   output_transform<true, true, true>};
+      output_transform<W, false, false, false>, output_transform<W, false, false, true>,
+      output_transform<W, false, true, false>,  output_transform<W, false, true, true>,
+      output_transform<W, true, false, false>,  output_transform<W, true, false, true>,
+      output_transform<W, true, true, false>,   output_transform<W, true, true, true>};
   return table[(residual ? 4 : 0) + (relu ? 2 : 0) + (bias ? 1 : 0)];
 }
 
@@ -262,50 +309,33 @@ OutputFn pick_output(bool residual, bool relu, bool bias) {
 constexpr int64_t kChunkBytes = 2048 * 1024;
 constexpr int64_t kMinChunkTiles = 64;
 
-at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& packed_weight,
-                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-                                bool relu) {
-  check_winograd_conv3x3_args(input, packed_weight, bias, residual);
-  check_device(input, c10::kCPU, "winograd_conv3x3", "input");
-  gemm_choice();  // resolved here, outside the parallel regions, so a bad SCRATCHDET_WINOGRAD_GEMM raises cleanly
-  const auto format = input.suggest_memory_format();
-  const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
-  const auto u = packed_weight.contiguous();
-  const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const auto r = residual.has_value() ? residual->contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
-
+// Fills out (channels_last, [N, C_out, H, W]) with the conv of x by tiles W.
+template <class W>
+void run_winograd(const at::Tensor& x, const at::Tensor& u, const at::Tensor& b, const at::Tensor& r, bool relu,
+                  at::Tensor& out) {
   Geometry g{};
   g.batch = x.size(0), g.c_in = x.size(1), g.height = x.size(2), g.width = x.size(3);
   g.c_out = u.size(2);
-  g.tiles_h = (g.height + kWinoOut - 1) / kWinoOut, g.tiles_w = (g.width + kWinoOut - 1) / kWinoOut;
+  g.tiles_h = (g.height + W::kOut - 1) / W::kOut, g.tiles_w = (g.width + W::kOut - 1) / W::kOut;
   g.tiles = g.batch * g.tiles_h * g.tiles_w;
-  auto out = at::empty({g.batch, g.c_out, g.height, g.width}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  if (out.numel() == 0) return out.contiguous(format);
-  if (g.c_in == 0) {  // an empty sum: the output is the epilogue of zero
-    out.zero_();
-    if (b.defined()) out.add_(b.view({1, -1, 1, 1}));
-    if (r.defined()) out.add_(r);
-    if (relu) out.relu_();
-    return out.contiguous(format);
-  }
 
   const float* xp = x.const_data_ptr<float>();
   const float* up = u.const_data_ptr<float>();
   const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
   const float* rp = r.defined() ? r.const_data_ptr<float>() : nullptr;
   float* op = out.mutable_data_ptr<float>();
-  const OutputFn output = pick_output(rp != nullptr, relu, bp != nullptr);
+  const OutputFn output = pick_output<W>(rp != nullptr, relu, bp != nullptr);
 
-  const int64_t bytes_per_tile = kPos * (g.c_in + g.c_out) * static_cast<int64_t>(sizeof(float));
+  const int64_t bytes_per_tile = W::kPos * (g.c_in + g.c_out) * static_cast<int64_t>(sizeof(float));
   const int64_t chunk = std::clamp<int64_t>(kChunkBytes / bytes_per_tile, kMinChunkTiles, g.tiles);
   const int64_t n_chunks = (g.tiles + chunk - 1) / chunk;
   const int64_t threads = at::get_num_threads();
-  const int64_t v_size = kPos * chunk * g.c_in, m_size = kPos * chunk * g.c_out;
+  const int64_t v_size = W::kPos * chunk * g.c_in, m_size = W::kPos * chunk * g.c_out;
 
   // The three phases of one chunk [begin, begin + len); run_phase(count, fn) runs fn over [0, count).
   auto run_chunk = [&](int64_t begin, int64_t len, float* vbuf, float* mbuf, auto&& run_phase) {
-    run_phase(len, [&](int64_t lo, int64_t hi) { input_transform(g, xp, vbuf, begin, len, begin + lo, begin + hi); });
-    run_phase(kPos, [&](int64_t lo, int64_t hi) {
+    run_phase(len, [&](int64_t lo, int64_t hi) { input_transform<W>(g, xp, vbuf, begin, len, begin + lo, begin + hi); });
+    run_phase(W::kPos, [&](int64_t lo, int64_t hi) {
       for (int64_t p = lo; p < hi; ++p)
         gemm_row_major(len, g.c_out, g.c_in, vbuf + p * len * g.c_in, up + p * g.c_in * g.c_out,
                        mbuf + p * len * g.c_out);
@@ -332,28 +362,68 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& packe
       run_chunk(begin, std::min(chunk, g.tiles - begin), vbuf.get(), mbuf.get(), parallel);
     }
   }
+}
+
+at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& packed_weight,
+                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                                bool relu) {
+  check_winograd_conv3x3_args(input, packed_weight, bias, residual);
+  check_device(input, c10::kCPU, "winograd_conv3x3", "input");
+  gemm_choice();  // resolved here, outside the parallel regions, so a bad SCRATCHDET_WINOGRAD_GEMM raises cleanly
+  const auto format = input.suggest_memory_format();
+  const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const auto u = packed_weight.contiguous();
+  const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const auto r = residual.has_value() ? residual->contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
+
+  auto out = at::empty({x.size(0), u.size(2), x.size(2), x.size(3)},
+                       x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out.contiguous(format);
+  if (x.size(1) == 0) {  // an empty sum: the output is the epilogue of zero
+    out.zero_();
+    if (b.defined()) out.add_(b.view({1, -1, 1, 1}));
+    if (r.defined()) out.add_(r);
+    if (relu) out.relu_();
+    return out.contiguous(format);
+  }
+  if (u.size(0) == F63::kPos)
+    run_winograd<F63>(x, u, b, r, relu, out);
+  else
+    run_winograd<F43>(x, u, b, r, relu, out);
   return out.contiguous(format);
 }
 
-at::Tensor winograd_f43_pack_cpu(const at::Tensor& weight) {
-  check_winograd_f43_pack_args(weight);
-  check_device(weight, c10::kCPU, "winograd_f43_pack", "weight");
+// G g G^T of every filter, in double, as [P][C_in][C_out] float.
+template <class W>
+at::Tensor winograd_pack(const at::Tensor& weight, void (*filter_transform)(const double*, double*)) {
   const auto w = weight.to(at::kDouble).contiguous();
   const int64_t c_out = w.size(0), c_in = w.size(1);
-  auto packed = at::empty({kPos, c_in, c_out}, weight.options().dtype(at::kFloat));
+  at::Tensor packed = at::empty({W::kPos, c_in, c_out}, weight.options().dtype(at::kFloat));
   const double* wp = w.const_data_ptr<double>();
   float* pp = packed.mutable_data_ptr<float>();
-  // the output channel innermost: each of a filter's 36 stores lands next to the previous filter's,
+  // the output channel innermost: each of a filter's P stores lands next to the previous filter's,
   // so the packed weight is written a cache line at a time rather than one line per store
   at::parallel_for(0, c_out * c_in, 256, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t ci = i / c_out, o = i % c_out;
-      double u[kPos];
-      winograd_f43_filter_transform(wp + (o * c_in + ci) * 9, u);
-      for (int p = 0; p < kPos; ++p) pp[(p * c_in + ci) * c_out + o] = static_cast<float>(u[p]);
+      double t[W::kPos];
+      filter_transform(wp + (o * c_in + ci) * 9, t);
+      for (int p = 0; p < W::kPos; ++p) pp[(p * c_in + ci) * c_out + o] = static_cast<float>(t[p]);
     }
   });
   return packed;
+}
+
+at::Tensor winograd_f43_pack_cpu(const at::Tensor& weight) {
+  check_winograd_pack_args(weight, "winograd_f43_pack");
+  check_device(weight, c10::kCPU, "winograd_f43_pack", "weight");
+  return winograd_pack<F43>(weight, winograd_f43_filter_transform<double>);
+}
+
+at::Tensor winograd_f63_pack_cpu(const at::Tensor& weight) {
+  check_winograd_pack_args(weight, "winograd_f63_pack");
+  check_device(weight, c10::kCPU, "winograd_f63_pack", "weight");
+  return winograd_pack<F63>(weight, winograd_f63_filter_transform<double>);
 }
 
 }  // namespace
@@ -362,4 +432,5 @@ at::Tensor winograd_f43_pack_cpu(const at::Tensor& weight) {
 TORCH_LIBRARY_IMPL(scratchdet, CPU, m) {
   m.impl("winograd_conv3x3", &scratchdet::winograd_conv3x3_cpu);
   m.impl("winograd_f43_pack", &scratchdet::winograd_f43_pack_cpu);
+  m.impl("winograd_f63_pack", &scratchdet::winograd_f63_pack_cpu);
 }

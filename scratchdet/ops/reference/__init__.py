@@ -21,8 +21,9 @@ from .conv_bn_act import check_conv_bn_act_args, conv_bn_act, conv_pair
 from .detect import check_detect_args, detect
 from .match_priors import MAX_MATCH_INDEX, check_match_priors_args, check_match_priors_data, match_priors
 from .nms import nms
-from .winograd_conv3x3 import (WINOGRAD_F43, check_winograd_conv3x3_args, check_winograd_f43_pack_args,
-                               winograd_conv3x3, winograd_f43_pack)
+from .winograd_conv3x3 import (WINOGRAD_F43, WINOGRAD_F63, check_winograd_conv3x3_args,
+                               check_winograd_f43_pack_args, check_winograd_f63_pack_args, winograd_conv3x3,
+                               winograd_f43_pack, winograd_f63_pack)
 
 __all__ = [
     # box_iou
@@ -36,8 +37,9 @@ __all__ = [
     # conv_bn_act
     "conv_bn_act", "check_conv_bn_act_args", "conv_pair",
     # winograd_conv3x3
-    "winograd_conv3x3", "winograd_f43_pack", "check_winograd_conv3x3_args", "check_winograd_f43_pack_args",
-    "WINOGRAD_F43",
+    "winograd_conv3x3", "winograd_f43_pack", "winograd_f63_pack", "check_winograd_conv3x3_args",
+    "check_winograd_f43_pack_args", "check_winograd_f63_pack_args",
+    "WINOGRAD_F43", "WINOGRAD_F63",
     # batch_norm_relu
     "batch_norm_relu", "batch_norm_relu_backward", "check_batch_norm_relu_args",
     "check_batch_norm_relu_backward_args",
