@@ -6,7 +6,7 @@
 // 1.78 per output where F(4x4, 3x3) needs 2.25 and a direct conv 9. The price is rounding: about
 // 1.5x F(4x4, 3x3)'s, 1e-5 of the output's scale per layer in float32 (tests/test_winograd_conv3x3.py).
 //
-// Templates over the value type like winograd_f43.h. The input and output transforms multiply by
+// 1-D transforms, templates over the value type like winograd_f43.h's. The input and output transforms multiply by
 // powers of two and by 4.25 and 5.25 (exact in float); the filter transform divides by 9, 45 and
 // 90 and is done once, in double (winograd_f63_pack).
 #include "winograd_f43.h"  // SD_WINO_INLINE
@@ -30,18 +30,6 @@ SD_WINO_INLINE void winograd_f63_input_1d(const T d0, const T d1, const T d2, co
   r[6 * stride] = a3 - b3;
 }
 
-// v = B^T d B for an 8x8 tile, both row-major.
-template <typename T>
-SD_WINO_INLINE void winograd_f63_input_transform(const T* d, T* v) {
-  T t[64];
-  for (int c = 0; c < 8; ++c)  // columns: t = B^T d
-    winograd_f63_input_1d(d[c], d[8 + c], d[16 + c], d[24 + c], d[32 + c], d[40 + c], d[48 + c], d[56 + c],
-                          t + c, 8);
-  for (int r = 0; r < 8; ++r)  // rows: v = t B
-    winograd_f63_input_1d(t[8 * r], t[8 * r + 1], t[8 * r + 2], t[8 * r + 3], t[8 * r + 4], t[8 * r + 5],
-                          t[8 * r + 6], t[8 * r + 7], v + 8 * r, 1);
-}
-
 // One row/column of A^T m.
 template <typename T>
 SD_WINO_INLINE void winograd_f63_output_1d(const T m0, const T m1, const T m2, const T m3, const T m4, const T m5,
@@ -55,18 +43,6 @@ SD_WINO_INLINE void winograd_f63_output_1d(const T m0, const T m1, const T m2, c
   o[5 * stride] = b1 + 0.03125f * b2 + 32.0f * b3 + m7;
 }
 
-// y = A^T m A: an 8x8 tile of products to a 6x6 output tile, both row-major.
-template <typename T>
-SD_WINO_INLINE void winograd_f63_output_transform(const T* m, T* y) {
-  T t[48];  // 6 rows x 8 columns
-  for (int c = 0; c < 8; ++c)
-    winograd_f63_output_1d(m[c], m[8 + c], m[16 + c], m[24 + c], m[32 + c], m[40 + c], m[48 + c], m[56 + c],
-                           t + c, 8);
-  for (int r = 0; r < 6; ++r)
-    winograd_f63_output_1d(t[8 * r], t[8 * r + 1], t[8 * r + 2], t[8 * r + 3], t[8 * r + 4], t[8 * r + 5],
-                           t[8 * r + 6], t[8 * r + 7], y + 6 * r, 1);
-}
-
 // One row/column of G g.
 template <typename T>
 SD_WINO_INLINE void winograd_f63_filter_1d(const T g0, const T g1, const T g2, T* u, int stride) {
@@ -78,14 +54,6 @@ SD_WINO_INLINE void winograd_f63_filter_1d(const T g0, const T g1, const T g2, T
   u[5 * stride] = (g0 + T(2) * g1 + T(4) * g2) / T(90);
   u[6 * stride] = (g0 - T(2) * g1 + T(4) * g2) / T(90);
   u[7 * stride] = g2;
-}
-
-// u = G g G^T: a 3x3 filter (row-major) to its 8x8 transform (row-major).
-template <typename T>
-SD_WINO_INLINE void winograd_f63_filter_transform(const T* g, T* u) {
-  T t[24];  // 8 rows x 3 columns
-  for (int c = 0; c < 3; ++c) winograd_f63_filter_1d(g[c], g[3 + c], g[6 + c], t + c, 3);
-  for (int r = 0; r < 8; ++r) winograd_f63_filter_1d(t[3 * r], t[3 * r + 1], t[3 * r + 2], u + 8 * r, 1);
 }
 
 }  // namespace scratchdet

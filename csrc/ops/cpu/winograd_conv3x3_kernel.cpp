@@ -47,8 +47,8 @@ typedef float vec8 __attribute__((vector_size(32)));
 typedef float vec16 __attribute__((vector_size(64)));
 constexpr int kLanes = 8;
 
-// The two tile sizes: their geometry and 1-D transforms (a row or column of B^T d and A^T m, d and m
-// given as kTile values). The tiles below run the 2-D transforms as two 1-D passes themselves, loading
+// The two tile sizes: their geometry and 1-D transforms (a row or column of B^T d, A^T m and G g, d and
+// m given as kTile values, g as 3). The tiles below run the 2-D transforms as two 1-D passes themselves, loading
 // the first pass straight from the image / products and storing the second pass straight to V / the
 // output, so a tile goes through the stack once (t), not four times (d, t, v, and the copies out).
 struct F43 {
@@ -61,6 +61,7 @@ struct F43 {
   static SD_WINO_INLINE void output_1d(const T* m, T* o, int stride) {
     winograd_f43_output_1d(m[0], m[1], m[2], m[3], m[4], m[5], o, stride);
   }
+  static void filter_1d(const double* g, double* u, int stride) { winograd_f43_filter_1d(g[0], g[1], g[2], u, stride); }
 };
 struct F63 {
   static constexpr int kTile = 8, kOut = 6, kPos = 64;
@@ -72,6 +73,7 @@ struct F63 {
   static SD_WINO_INLINE void output_1d(const T* m, T* o, int stride) {
     winograd_f63_output_1d(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], o, stride);
   }
+  static void filter_1d(const double* g, double* u, int stride) { winograd_f63_filter_1d(g[0], g[1], g[2], u, stride); }
 };
 
 // The transforms run on 16 or 8 channels at a time (vec16, vec8) and on the channel tail one at a
@@ -231,7 +233,8 @@ void input_transform(const Geometry& g, const float* x, float* v, int64_t chunk_
     const float* img = x + n * g.height * g.width * C;
     float* dst = v + (t - chunk_begin) * C;
     int64_t c = 0;
-    for (; wide && c + 2 * kLanes <= C; c += 2 * kLanes) input_tile<W, vec16>(g, img, y0, x0, interior, c, dst, pos_stride);
+    for (; wide && c + 2 * kLanes <= C; c += 2 * kLanes)
+      input_tile<W, vec16>(g, img, y0, x0, interior, c, dst, pos_stride);
     for (; c + kLanes <= C; c += kLanes) input_tile<W, vec8>(g, img, y0, x0, interior, c, dst, pos_stride);
     for (; c < C; ++c) input_tile<W, float>(g, img, y0, x0, interior, c, dst, pos_stride);
   }
@@ -334,7 +337,9 @@ void run_winograd(const at::Tensor& x, const at::Tensor& u, const at::Tensor& b,
 
   // The three phases of one chunk [begin, begin + len); run_phase(count, fn) runs fn over [0, count).
   auto run_chunk = [&](int64_t begin, int64_t len, float* vbuf, float* mbuf, auto&& run_phase) {
-    run_phase(len, [&](int64_t lo, int64_t hi) { input_transform<W>(g, xp, vbuf, begin, len, begin + lo, begin + hi); });
+    run_phase(len, [&](int64_t lo, int64_t hi) {
+      input_transform<W>(g, xp, vbuf, begin, len, begin + lo, begin + hi);
+    });
     run_phase(W::kPos, [&](int64_t lo, int64_t hi) {
       for (int64_t p = lo; p < hi; ++p)
         gemm_row_major(len, g.c_out, g.c_in, vbuf + p * len * g.c_in, up + p * g.c_in * g.c_out,
@@ -393,9 +398,20 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& packe
   return out.contiguous(format);
 }
 
+// u = G g G^T: a 3x3 filter (row-major) to its t x t transform (row-major), columns then rows.
+template <class W>
+void filter_transform(const double* g, double* u) {
+  double t[W::kTile * 3];  // G g: kTile rows x 3 columns
+  for (int c = 0; c < 3; ++c) {
+    const double col[3] = {g[c], g[3 + c], g[6 + c]};
+    W::filter_1d(col, t + c, 3);
+  }
+  for (int r = 0; r < W::kTile; ++r) W::filter_1d(t + 3 * r, u + W::kTile * r, 1);
+}
+
 // G g G^T of every filter, in double, as [P][C_in][C_out] float.
 template <class W>
-at::Tensor winograd_pack(const at::Tensor& weight, void (*filter_transform)(const double*, double*)) {
+at::Tensor winograd_pack(const at::Tensor& weight) {
   const auto w = weight.to(at::kDouble).contiguous();
   const int64_t c_out = w.size(0), c_in = w.size(1);
   at::Tensor packed = at::empty({W::kPos, c_in, c_out}, weight.options().dtype(at::kFloat));
@@ -407,7 +423,7 @@ at::Tensor winograd_pack(const at::Tensor& weight, void (*filter_transform)(cons
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t ci = i / c_out, o = i % c_out;
       double t[W::kPos];
-      filter_transform(wp + (o * c_in + ci) * 9, t);
+      filter_transform<W>(wp + (o * c_in + ci) * 9, t);
       for (int p = 0; p < W::kPos; ++p) pp[(p * c_in + ci) * c_out + o] = static_cast<float>(t[p]);
     }
   });
@@ -417,13 +433,13 @@ at::Tensor winograd_pack(const at::Tensor& weight, void (*filter_transform)(cons
 at::Tensor winograd_f43_pack_cpu(const at::Tensor& weight) {
   check_winograd_pack_args(weight, "winograd_f43_pack");
   check_device(weight, c10::kCPU, "winograd_f43_pack", "weight");
-  return winograd_pack<F43>(weight, winograd_f43_filter_transform<double>);
+  return winograd_pack<F43>(weight);
 }
 
 at::Tensor winograd_f63_pack_cpu(const at::Tensor& weight) {
   check_winograd_pack_args(weight, "winograd_f63_pack");
   check_device(weight, c10::kCPU, "winograd_f63_pack", "weight");
-  return winograd_pack<F63>(weight, winograd_f63_filter_transform<double>);
+  return winograd_pack<F63>(weight);
 }
 
 }  // namespace
