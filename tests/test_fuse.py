@@ -350,6 +350,49 @@ def test_tuned_convs_keep_the_fastest_backend_per_shape(monkeypatch, fast):
             assert m._packed is None
 
 
+def test_a_conv_serving_two_batch_sizes_keeps_both_winners_packs(monkeypatch):
+    # F(6x6, 3x3) wins at batch 1, F(4x4, 3x3) at batch 2 (fake clock): after both are tuned every
+    # tuned conv holds both packed weights, and switching batch sizes repacks nothing.
+    model = small("root_resnet_tiny")
+    clock = FakeClock()
+    packs = {"f43": 0, "f63": 0}
+
+    def timed(name, fn):
+        def run(conv, x, residual):
+            if conv.tune:
+                fast = "winograd-f63" if x.shape[0] == 1 else "winograd"
+                clock.now += 0.001 if name == fast else 0.031
+            return fn(conv, x, residual)
+        return run
+
+    def counted(name, fn):
+        def pack(weight):
+            packs[name] += 1
+            return fn(weight)
+        return pack
+
+    monkeypatch.setattr(conv_backends, "_BACKENDS", {name: timed(name, fn)
+                                                     for name, fn in conv_backends._BACKENDS.items()})
+    monkeypatch.setattr(conv_backends.ops, "winograd_f43_pack", counted("f43", conv_backends.ops.winograd_f43_pack))
+    monkeypatch.setattr(conv_backends.ops, "winograd_f63_pack", counted("f63", conv_backends.ops.winograd_f63_pack))
+    predictor = FastPredictor(model)
+    use_tuned_backends(predictor.model, clock=clock)
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for batch in (x, x[:1]):                                   # tune both batch sizes
+            predictor.model.forward_raw(predictor._prepare(batch))
+    table = predictor.tactics()
+    assert {name for key, name in table.items() if key[1][0] == 1} == {"winograd-f63"}
+    assert {name for key, name in table.items() if key[1][0] == 2} == {"winograd"}
+    tuned = [m for m in predictor.model.modules() if isinstance(m, FusedConvAct) and m.tune]
+    assert all(m._wino_packed is not None and m._wino63_packed is not None for m in tuned)
+    packs.update(dict.fromkeys(packs, 0))
+    with torch.no_grad():
+        for batch in (x, x[:1], x, x[:1]):
+            predictor.model.forward_raw(predictor._prepare(batch))
+    assert packs == {"f43": 0, "f63": 0}
+
+
 def test_tuned_choices_survive_a_deep_copy_and_share_one_table():
     predictor = FastPredictor(small("root_resnet_tiny"))
     predictor(torch.randn(1, 3, 128, 128))

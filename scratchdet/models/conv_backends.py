@@ -106,14 +106,22 @@ def _run_tuned(conv, x, residual):
             best_time[name] = min(best_time[name], clock() - start)
     name = min(candidates, key=best_time.__getitem__)
     conv._tactics[_tactic_key(conv, x, residual)] = name
-    # the losers' packed weights (Winograd's are 4x and 7x the weight) are dropped, repacked if needed
-    if name != "winograd":
-        conv._wino_packed = None
-    if name != "winograd-f63":
-        conv._wino63_packed = None
-    if name in _WINOGRAD_TACTICS:
-        conv._packed = None
+    _drop_unused_packs(conv)
     return outputs[name]
+
+
+def _drop_unused_packs(conv) -> None:
+    """Drop the packed weights (Winograd's are 4x and 7x the weight) of the backends that no input
+    shape of this weight shape chose, so that a conv serving two batch sizes with two tactics keeps
+    both packs instead of repacking at every switch."""
+    weight_shape = tuple(conv.weight.shape)
+    used = {name for key, name in conv._tactics.items() if key[0] == weight_shape}
+    if "winograd" not in used:
+        conv._wino_packed = None
+    if "winograd-f63" not in used:
+        conv._wino63_packed = None
+    if not used - set(_WINOGRAD_TACTICS):
+        conv._packed = None
 
 
 def backend_name(conv, x: torch.Tensor, residual: torch.Tensor | None) -> str:
@@ -207,8 +215,9 @@ def use_tuned_backends(fused_model: nn.Module, enabled: bool = True,
     Winograd F(4x4, 3x3), Winograd F(6x6, 3x3) or the direct conv (prepacked oneDNN if
     :func:`use_onednn_prepack` is on, else the op) on CPU float32 by timing all three, the first
     time a (weight shape, input shape, residual) comes up; convs of the same shapes share that
-    choice (:func:`tactics`). Tuning a shape costs ``3 * (1 + TUNING_ROUNDS)`` runs of that layer. It takes precedence over :func:`use_winograd`
-    for the convs it covers. Returns how many convs were switched.
+    choice (:func:`tactics`). Tuning a shape costs ``3 * (1 + TUNING_ROUNDS)`` runs of that layer.
+    It takes precedence over :func:`use_winograd` for the convs it covers. Returns how many convs
+    were switched.
 
     ``clock`` (seconds, as ``time.perf_counter``, the default) is what the timing reads: a test
     passes a fake clock so that the choice does not depend on how busy the machine is. It is kept
