@@ -57,11 +57,13 @@ def check(x, weight, bias, residual, relu, tile=4):
     assert out.is_contiguous(memory_format=CL if x.is_contiguous(memory_format=CL) and x.shape[1] > 1
                              else torch.contiguous_format) or out.numel() == 0
     if out.numel():
-        # Winograd rounds a little more than a direct conv: ~1e-5 of the output's scale (F(6x6, 3x3)
-        # about 1.5x F(4x4, 3x3))
-        assert rel_err(out, want) < 5e-5
-        assert rel_err(out, ref) < 5e-5
-        assert rel_err(ref, want) < 5e-5
+        # Winograd rounds a little more than a direct conv: ~1e-5 of the output's scale, F(6x6, 3x3)
+        # about 1.5x F(4x4, 3x3); more where a residual cancels most of the conv (the scale is the
+        # output's: n=2, c_in=15, c_out=1, 2x1, residual, ReLU, seed 631 gives 5.6e-5 for F(6x6, 3x3))
+        bound = 5e-5 if tile == 4 else 1e-4
+        assert rel_err(out, want) < bound
+        assert rel_err(out, ref) < bound
+        assert rel_err(ref, want) < bound
     return out
 
 

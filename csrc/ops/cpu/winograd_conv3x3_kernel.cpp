@@ -26,7 +26,6 @@
 
 #include "../winograd_conv3x3.h"
 #include "small_gemm.h"
-#include "../common/winograd_f63.h"
 
 // x86-64 Linux: compile the transforms three times (AVX-512, AVX2+FMA, baseline) and pick one at
 // load time (ifunc), so the wheel still runs on CPUs without AVX2. Elsewhere: the build's own target.
@@ -41,16 +40,17 @@ namespace {
 
 // GCC/Clang vectors of 8 and 16 floats: one AVX / AVX-512 register where the clone targets it,
 // several narrower ones otherwise. Loads and stores go through memcpy, so they may be unaligned.
-// 16 lanes only on AVX-512 CPUs (avx512_enabled(), cpu_isa.h): elsewhere a tile's 36 or 64 vec16 values
-// spill out of the registers.
+// 16 lanes only on AVX-512 CPUs (avx512_enabled(), cpu_isa.h): elsewhere a tile's 36 or 64 vec16
+// values spill out of the registers.
 typedef float vec8 __attribute__((vector_size(32)));
 typedef float vec16 __attribute__((vector_size(64)));
 constexpr int kLanes = 8;
 
-// The two tile sizes: their geometry and 1-D transforms (a row or column of B^T d, A^T m and G g, d and
-// m given as kTile values, g as 3). The tiles below run the 2-D transforms as two 1-D passes themselves, loading
-// the first pass straight from the image / products and storing the second pass straight to V / the
-// output, so a tile goes through the stack once (t), not four times (d, t, v, and the copies out).
+// The two tile sizes: their geometry and 1-D transforms (a row or column of B^T d, A^T m and G g, d
+// and m given as kTile values, g as 3). The tiles below run the 2-D transforms as two 1-D passes
+// themselves, loading the first pass straight from the image / products and storing the second pass
+// straight to V / the output, so a tile goes through the stack once (t), not four times (d, t, v,
+// and the copies out).
 struct F43 {
   static constexpr int kTile = 6, kOut = 4, kPos = 36;
   template <typename T>
@@ -61,7 +61,9 @@ struct F43 {
   static SD_WINO_INLINE void output_1d(const T* m, T* o, int stride) {
     winograd_f43_output_1d(m[0], m[1], m[2], m[3], m[4], m[5], o, stride);
   }
-  static void filter_1d(const double* g, double* u, int stride) { winograd_f43_filter_1d(g[0], g[1], g[2], u, stride); }
+  static void filter_1d(const double* g, double* u, int stride) {
+    winograd_f43_filter_1d(g[0], g[1], g[2], u, stride);
+  }
 };
 struct F63 {
   static constexpr int kTile = 8, kOut = 6, kPos = 64;
@@ -73,7 +75,9 @@ struct F63 {
   static SD_WINO_INLINE void output_1d(const T* m, T* o, int stride) {
     winograd_f63_output_1d(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], o, stride);
   }
-  static void filter_1d(const double* g, double* u, int stride) { winograd_f63_filter_1d(g[0], g[1], g[2], u, stride); }
+  static void filter_1d(const double* g, double* u, int stride) {
+    winograd_f63_filter_1d(g[0], g[1], g[2], u, stride);
+  }
 };
 
 // The transforms run on 16 or 8 channels at a time (vec16, vec8) and on the channel tail one at a
