@@ -204,7 +204,7 @@ def use_winograd(fused_model: nn.Module, enabled: bool = True) -> int:
     count = 0
     for conv in _fused_convs(fused_model):
         conv.winograd = bool(enabled) and conv.winograd_eligible
-        conv._wino_packed = None
+        conv._wino_packed = conv._wino63_packed = None   # repacked on first use
         count += conv.winograd
     return count
 
