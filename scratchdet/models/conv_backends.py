@@ -52,23 +52,30 @@ def _weight_key(conv):
     return (conv.weight.data_ptr(), conv.weight._version)   # an in-place change or .to() repacks
 
 
+def _packed_weight(conv, attr: str, pack):
+    """The weight as ``pack(weight)`` made it, cached on the conv in ``attr`` as (weight key,
+    packed) and repacked when the weight changed."""
+    cached = getattr(conv, attr)
+    if cached is None or cached[0] != _weight_key(conv):
+        cached = (_weight_key(conv), pack(conv.weight))
+        setattr(conv, attr, cached)
+    return cached[1]
+
+
 def _run_winograd(conv, x, residual):
-    if conv._wino_packed is None or conv._wino_packed[0] != _weight_key(conv):
-        conv._wino_packed = (_weight_key(conv), ops.winograd_f43_pack(conv.weight))
-    return ops.winograd_conv3x3(x, conv._wino_packed[1], conv.bias, residual, conv.relu)
+    packed = _packed_weight(conv, "_wino_packed", ops.winograd_f43_pack)
+    return ops.winograd_conv3x3(x, packed, conv.bias, residual, conv.relu)
 
 
 def _run_winograd_f63(conv, x, residual):
-    if conv._wino63_packed is None or conv._wino63_packed[0] != _weight_key(conv):
-        conv._wino63_packed = (_weight_key(conv), ops.winograd_f63_pack(conv.weight))
-    return ops.winograd_conv3x3(x, conv._wino63_packed[1], conv.bias, residual, conv.relu)
+    packed = _packed_weight(conv, "_wino63_packed", ops.winograd_f63_pack)
+    return ops.winograd_conv3x3(x, packed, conv.bias, residual, conv.relu)
 
 
 def _run_onednn(conv, x, residual):
-    if conv._packed is None or conv._packed[0] != _weight_key(conv):
-        conv._packed = (_weight_key(conv), onednn.pack_weight(conv.weight, conv.padding, conv.stride,
-                                                              conv.dilation, conv.groups, x.shape))
-    return onednn.conv_pointwise(x, conv._packed[1], conv.bias, conv.padding, conv.stride, conv.dilation,
+    packed = _packed_weight(conv, "_packed", lambda w: onednn.pack_weight(w, conv.padding, conv.stride,
+                                                                          conv.dilation, conv.groups, x.shape))
+    return onednn.conv_pointwise(x, packed, conv.bias, conv.padding, conv.stride, conv.dilation,
                                  conv.groups, conv.relu, residual)
 
 
