@@ -8,7 +8,7 @@ Each candidate is a preset (``root_resnet_demo``), a Root-ResNet spec (``root_re
 forward gives feature maps, finest first; :func:`scratchdet.build_detector` puts the SSD around it);
 ``auto:N`` is N specs spread over :data:`~scratchdet.models.search_space.LADDER`.
 
-The recipe is the ``demo`` training preset (batch 32, lr 0.05, cosine, the demo's augmentation). A
+The recipe is the ``demo`` training preset (batch 16, lr 0.05, cosine, the demo's augmentation). A
 wall-clock budget (``10m``) lays each run's schedule out for the time (``time_budget``): the fair
 default on one machine, since a cheap network then gets more steps (and, like any budgeted run,
 trains in bfloat16 where ``cpu_bf16=auto`` measures it faster: each run decides for its own
@@ -283,7 +283,7 @@ class Comparison:
     """
 
     def __init__(self, data: str, candidates: list[Candidate], budget: Budget, out: str, seeds=(0,),
-                 device: str = "cpu", runtimes=RUNTIMES, batch_size: int = 32, workers: int = -1,
+                 device: str = "cpu", runtimes=RUNTIMES, batch_size: int = 16, workers: int = -1,
                  timing_rounds: int = 7, resume: bool = False, log=print, train_overrides: dict | None = None):
         self.data, self.candidates, self.budget, self.out = data, list(candidates), budget, os.fspath(out)
         self.seeds, self.device, self.runtimes = list(seeds), device, tuple(runtimes)

@@ -112,7 +112,7 @@ class Trainer:
 
         # image_size=auto, the priors' recall, priors=auto (engine/data_fit.py); the defaults change nothing
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.bf16, self.precision = self._choose_precision(build)
+        self.bf16, self.precision, self.cpu_bf16 = self._choose_precision(build)
         model, self.data_fit = fit_to_data(cfg, train_set, self.val_set, build,
                                            log=print if self.dist.is_main else None,
                                            prepare=self._training_layout, agree=lambda size: broadcast_int(size, self.dist),
@@ -132,26 +132,26 @@ class Trainer:
         self._check_sync_batch_norm(model)
         return model
 
-    def _choose_precision(self, build) -> tuple[bool, str]:
-        """(whether this CPU run trains in bfloat16 autocast, the line that says why): ``cpu_bf16``
+    def _choose_precision(self, build) -> tuple[bool, str, str]:
+        """(whether this CPU run trains in bfloat16 autocast, the line that says why, the resolved
+        ``cpu_bf16`` mode: "off" / "on" / "auto"): ``cpu_bf16``
         (engine/precision.py); ``auto`` times a throwaway model at the preset's size, and rank 0's
         measurement decides on every rank; the default ``""`` is ``auto`` under a time budget, else
         ``off``. CUDA runs keep ``amp`` (float16) and ignore it."""
         cfg = self.cfg
-        self.cpu_bf16 = resolve_cpu_bf16(cfg.cpu_bf16, budgeted=parse_duration(cfg.time_budget) is not None)
+        mode = resolve_cpu_bf16(cfg.cpu_bf16, budgeted=parse_duration(cfg.time_budget) is not None)
         if torch.device(self.device).type != "cpu":
-            self.cpu_bf16 = "off"
-            return False, "float16 autocast (amp)" if cfg.amp else "float32"
+            return False, "float16 autocast (amp)" if cfg.amp else "float32", "off"
         probe = None
-        if self.cpu_bf16 == "auto":
+        if mode == "auto":
             with torch.random.fork_rng(devices=[]):      # the run's random state untouched
                 probe = self._training_layout(build(dict(cfg.model_overrides)))
         size = min(as_hw(model_config(cfg).image_size))
-        chosen, why = choose_cpu_bf16(self.cpu_bf16, probe, cfg.batch_size, size)
+        chosen, why = choose_cpu_bf16(mode, probe, cfg.batch_size, size)
         agreed = bool(broadcast_int(int(chosen), self.dist))
         if agreed != chosen:
             why = f"{'bfloat16 autocast' if agreed else 'float32'} (rank 0's measurement)"
-        return agreed, why
+        return agreed, why, mode
 
     def _autocast(self):
         """The autocast context of a training pass: float16 with CUDA's ``amp``, bfloat16 on a CPU
