@@ -12,7 +12,8 @@ Data sets (``scratchdet.data.synth.generate``, seed 0):
   elongated  the demo's images with every object stretched to 1:4-1:6 (along x or y)
 
 Runs, each from scratch with the ``demo`` training preset and ``time_budget`` (but ``recipe``):
-  recipe      the preset as it is, its fixed ``max_iters`` (1200 for the demo; 800 in the study of docs/TRAINING.md), no time budget
+  recipe      the preset as it is, its fixed ``max_iters`` (2400 of batch 16 for the demo; 800 of batch 32 in docs/TRAINING.md's
+              "recipe" rows: ``--set batch_size=32 --set warmup_iters=100 --set max_iters=800``), no time budget
   baseline    the time budget only, every other switch off
   ema         ema=true
   priors      priors=auto
