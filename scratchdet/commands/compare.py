@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..engine.compare import RUNTIMES, Comparison, parse_budget, parse_candidates, parse_seeds, parse_sizes
+from ..engine.compare import DEMO_BATCH_SIZE, RUNTIMES, Comparison, parse_budget, parse_candidates, parse_seeds, parse_sizes
 from ..engine.config import make_config
 from ..engine.data_setup import SYNTH_PREFIX, resolve_data
 from ._common import CLIError, parse_set_options, pick_device
@@ -59,7 +59,8 @@ def register(sub):
                    help="threads for training and for every runtime timed (default: torch's, "
                         "usually the cores; on a busy machine 1 gives steadier figures)")
     p.add_argument("--timing-rounds", type=int, default=7, help="interleaved timing rounds at batch 1 (default 7)")
-    p.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16, the demo preset's)")
+    p.add_argument("--batch-size", type=int, default=DEMO_BATCH_SIZE,
+                   help=f"training batch size (default {DEMO_BATCH_SIZE}, the demo preset's)")
     p.add_argument("--workers", type=int, default=-1, help="DataLoader workers per run (default -1: auto)")
     p.add_argument("--resume", action="store_true", help="skip finished runs, continue the interrupted one")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -43,7 +43,7 @@ from ..structures.errors import UserError
 from ..structures.files import atomic_write_json
 from ..structures.image import as_hw
 from .checkpoint import latest_checkpoint
-from .config import make_config, parse_duration
+from .config import TRAIN_PRESETS, make_config, parse_duration
 from .distributed import init_distributed
 from .model_stats import count_flops, count_params, inference_peak_bytes, training_peak_bytes
 from .runs import detection_metrics, prepare_out_dir, read_result
@@ -54,6 +54,8 @@ __all__ = ["CompareError", "Budget", "Candidate", "parse_budget", "parse_candida
            "load_user_factory", "Comparison", "pareto_fronts", "RUNTIMES", "MIN_ITERS", "MIN_SECONDS"]
 
 RUNTIMES = ("eager", "fast", "onnxruntime", "openvino")
+# the recipe's batch: the demo preset's, so a comparison trains as `scratchdet demo` does
+DEMO_BATCH_SIZE: int = TRAIN_PRESETS["demo"]["batch_size"]
 MIN_ITERS = 10          # fewer steps leave a network no better than its initialisation: nothing to compare
 MIN_SECONDS = 20.0      # the time budget's settling and measuring steps take the first seconds
 DEFAULT_SIZE = 128      # input side of timm and user backbones when --input-size is not given
@@ -283,7 +285,7 @@ class Comparison:
     """
 
     def __init__(self, data: str, candidates: list[Candidate], budget: Budget, out: str, seeds=(0,),
-                 device: str = "cpu", runtimes=RUNTIMES, batch_size: int = 16, workers: int = -1,
+                 device: str = "cpu", runtimes=RUNTIMES, batch_size: int = DEMO_BATCH_SIZE, workers: int = -1,
                  timing_rounds: int = 7, resume: bool = False, log=print, train_overrides: dict | None = None):
         self.data, self.candidates, self.budget, self.out = data, list(candidates), budget, os.fspath(out)
         self.seeds, self.device, self.runtimes = list(seeds), device, tuple(runtimes)
