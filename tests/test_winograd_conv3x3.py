@@ -151,9 +151,12 @@ GEMM_SHAPES = [
     (2, 24, 65, 7, 13),       # one block and one lane
     (1, 40, 130, 15, 9),      # blocks of 64 + 2, rows 6k + remainder (12 tiles)
     (3, 5, 84, 4, 4),         # 3 tiles (fewer than a row block), the SSD head's 84 classes x boxes
-    (1, 6, 24, 6, 6),         # the AVX2 kernel's 24-column block exactly, 4 tiles (one row block)
-    (2, 9, 25, 5, 7),         # one AVX2 block and one lane; 8 tiles
-    (1, 11, 40, 13, 9),       # 24 + 16 columns (two full vectors in the last block); 12 tiles
+    (1, 6, 24, 6, 6),         # AVX2: a 16-column block and a full 8-column one; 4 tiles (one row block)
+    (2, 9, 25, 5, 7),         # AVX2: 16 + 9 columns (the last vector one lane); 8 tiles
+    (1, 11, 40, 13, 9),       # AVX2: 16 + 16 + 8 columns; 12 tiles (two row blocks)
+    (1, 40, 20, 8, 8),        # AVX2, few tiles (4 <= 16): C_in in k-blocks of 16 + 16 + 8; 16 + 4 columns
+    (1, 200, 33, 20, 20),     # AVX2, 25 tiles: C_in in k-blocks of 128 + 72; 16 + 16 + 1 columns
+    (2, 150, 16, 9, 9),       # AVX2, 18 tiles over two images: k-blocks of 128 + 22; one 16-column block
 ]
 
 
@@ -162,7 +165,8 @@ GEMM_SHAPES = [
 def test_every_gemm_path_equals_the_direct_conv(tmp_path, path, isa):
     # The 36 GEMMs run on our AVX-512 kernel (native, where the CPU has AVX-512F), our AVX2 kernel,
     # torch's BLAS sgemm or at::mm_out: force each (unavailable ones fall to the next) on shapes that
-    # cross its blocks; auto is the AVX-512 kernel where enabled, else BLAS.
+    # cross its blocks (rows, columns, and the AVX2 kernel's k-blocks); auto is the AVX-512 kernel where
+    # enabled, else the AVX2 one where the CPU has AVX2 + FMA, else BLAS.
     # SCRATCHDET_CPU_ISA=avx2: the AVX2 paths of an AVX2-only CPU (8-float transforms, the AVX2 GEMM
     # kernel for native).
     code = (

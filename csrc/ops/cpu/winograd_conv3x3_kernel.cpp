@@ -109,14 +109,15 @@ inline void store_lanes(float* p, float v) { *p = v; }
 // our AVX-512 kernel (small_gemm.h) where avx512_enabled(); our AVX2 kernel; the BLAS sgemm that
 // torch itself links (MKL on x86 wheels) when it exports one; at::mm_out (same result, more
 // overhead per call). SCRATCHDET_WINOGRAD_GEMM, read at the first call:
-//   auto (default)  the AVX-512 kernel where enabled, else BLAS
-//   native          our kernel: AVX-512, else AVX2
+//   auto (default)  our kernel: AVX-512 where enabled, else AVX2 + FMA where the CPU has it, else BLAS
+//   native          the same
 //   blas | aten     those
-// An unavailable choice falls to the next, so tests can force and compare each. On an AVX2 CPU
-// BLAS stays the default: on a Zen 4 held to AVX2 our AVX2 kernel ran the 300x300x64 layer 1.25x
-// faster than MKL, but the whole ScratchDet300 network was 3-8% slower with a per-size timed
-// choice between the two than with MKL alone (B=1 and 8, benchmarks/RESULTS.md), so the AVX2
-// kernel is there to be chosen, not the default.
+// An unavailable choice falls to the next, so tests can force and compare each. Our kernels read
+// B (the packed weight) where it lies, in panels of 16 (AVX2) or 64 (AVX-512) columns; MKL packs
+// both operands at every call, which at these sizes is an eighth of the network's time. On Zen 2
+// the AVX2 kernel (6 x 16 blocks, 90-98 % of the FMA peak on the 64- and 128-channel GEMMs, k-blocked)
+// made the Winograd layers 1.2x faster than MKL and ScratchDet300 1.56x ONNX Runtime at B=1
+// (benchmarks/RESULTS.md).
 using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
                          const float*, const int*, const float*, const int*, const float*, float*, const int*);
 
@@ -143,7 +144,7 @@ GemmChoice choose_gemm() {
               "winograd_conv3x3: SCRATCHDET_WINOGRAD_GEMM must be auto, native, blas or aten, got '", want, "'");
   const SgemmFn sgemm = want == "aten" ? nullptr : find_sgemm();
   if ((want == "auto" || want == "native") && avx512_enabled()) return {GemmPath::kNative, nullptr};
-  if (want == "native" && avx2_fma_supported()) return {GemmPath::kNativeAvx2, nullptr};
+  if ((want == "auto" || want == "native") && avx2_fma_supported()) return {GemmPath::kNativeAvx2, nullptr};
   if (sgemm != nullptr) return {GemmPath::kBlas, sgemm};
   return {GemmPath::kAten, nullptr};
 }
