@@ -155,7 +155,6 @@ inline constexpr const SmallGemmBlockFn* const* small_gemm_avx2_table[2][2] = {
     {small_gemm_avx2_rows<false, false>, small_gemm_avx2_rows<true, false>},
     {small_gemm_avx2_rows<false, true>, small_gemm_avx2_rows<true, true>}};
 
-
 // Row-major C[m, n] = A[m, k] @ B[k, n], lda = k, ldb = ldc = n.
 //
 // k is cut into blocks of kc rows (C accumulates over them), so the kc x 16 panel of B that all row
