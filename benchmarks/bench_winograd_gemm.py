@@ -21,6 +21,7 @@ import sys
 LAYERS = [(300, 32, 64), (300, 64, 64), (150, 64, 64), (75, 128, 128), (38, 256, 256), (19, 512, 512),
           (10, 512, 512)]
 TILES = ("f43", "f63")
+PATHS = ("auto", "native", "blas", "aten")   # what SCRATCHDET_WINOGRAD_GEMM accepts
 
 _WORKER = r"""
 import json, statistics, sys, time
@@ -52,18 +53,6 @@ for h, ci, co in layers:
         out[f"{h}:{ci}->{co}:{name}"] = statistics.median(times) * 1e3
 print(json.dumps(out))
 """
-
-
-def cpu_model() -> str:
-    """The CPU's model name as the kernel reports it (Linux), else the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            fields = {k.strip(): v for k, v in (line.split(":", 1) for line in info if ":" in line)}
-        family, model = fields.get("cpu family", "").strip(), fields.get("model", "").strip()
-        return f"{fields['model name'].strip()} (family {family}, model {model})"
-    except (OSError, KeyError):
-        import platform
-        return platform.processor() or "unknown CPU"
 
 
 def run_path(path: str, batch: int, threads: int, calls: int, layers: list) -> dict[str, float]:
@@ -101,8 +90,8 @@ def table(result: dict, layers: list) -> str:
 
 
 def test_gemm_paths_run_and_agree():
-    layer = [LAYERS[-1][0:1] + (16, 24)]     # one small layer: every path checked against the direct conv
-    result = compare(["native", "blas"], batch=1, threads=1, rounds=1, calls=1, layers=[list(layer[0])])
+    # one small layer: every path's output is checked against the direct conv in its worker
+    result = compare(["native", "blas"], batch=1, threads=1, rounds=1, calls=1, layers=[[10, 16, 24]])
     assert all(len(r) == len(TILES) for r in result.values())
 
 
@@ -115,9 +104,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paths", default="native,blas")
     args = parser.parse_args(argv)
     paths = [p for p in args.paths.split(",") if p]
+    if not paths or any(p not in PATHS for p in paths):
+        parser.error(f"--paths: a comma-separated list of {', '.join(PATHS)}; got {args.paths!r}")
+    for name in ("batch", "threads", "rounds", "calls"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: expected a positive integer, got {getattr(args, name)}")
     import torch
+
+    from scratchdet.engine.compare import cpu_name
     print(f"B={args.batch}, {args.threads} threads, medians of {args.calls} calls, median of {args.rounds} "
-          f"process rounds per path; torch {torch.__version__}; CPU: {cpu_model()}, "
+          f"process rounds per path; torch {torch.__version__}; CPU: {cpu_name()}, "
           f"{torch.backends.cpu.get_cpu_capability()}")
     print(table(compare(paths, args.batch, args.threads, args.rounds, args.calls, [list(t) for t in LAYERS]),
                 LAYERS))
